@@ -1,0 +1,3 @@
+"""mailtick: an email ticketing daemon."""
+
+__version__ = "0.1.0"

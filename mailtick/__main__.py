@@ -1,0 +1,5 @@
+import sys
+
+from mailtick.cli import main
+
+sys.exit(main())

@@ -1,0 +1,105 @@
+"""Composition root: builds every stage from the Config and owns the daemon's lifecycle.
+
+Nothing else constructs long-lived objects. `Daemon.run` is `mailtick run`;
+`Daemon.run_once` is `mailtick run --once` (catch up, send what is due, exit).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from dataclasses import dataclass
+
+from mailtick.answers import Composer
+from mailtick.config import Config
+from mailtick.db import check_durability
+from mailtick.ingest.watch import Counts, Watcher
+from mailtick.pipeline import Pipeline
+from mailtick.send import SendCounts, Sender
+from mailtick.store import Store
+from mailtick.tickets import RecordSettings
+
+log = logging.getLogger("mailtick")
+
+
+@dataclass(frozen=True)
+class OnceResult:
+    ingest: Counts
+    send: SendCounts
+
+
+class Daemon:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.store = Store(config.database.url)
+        self.composer = Composer(
+            config.smtp.from_address, config.tickets.prefix, config.tickets.default_language
+        )
+        self.sender = Sender(config.smtp, self.store)
+        self.pipeline = Pipeline(
+            store=self.store,
+            composer=self.composer,
+            settings=RecordSettings(config.tickets.prefix, config.tickets.reopen_days),
+            max_bytes=config.tickets.max_mail_bytes,
+            default_language=config.tickets.default_language,
+            outbox_changed=self.sender.notify,
+        )
+        self.watcher = Watcher(config.imap, self.store, self.pipeline.process)
+        self.stop = asyncio.Event()
+
+    async def open(self) -> None:
+        db = await self.store.open()
+        await self.store.run(check_durability, db)
+
+    async def run(self) -> None:
+        """The daemon: ingest and send until SIGTERM/SIGINT, then shut down cleanly."""
+        await self.open()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop, sig.name)
+        log.info(
+            "mailtick started: %s@%s/%s",
+            self.config.imap.username,
+            self.config.imap.host,
+            self.config.imap.mailbox,
+        )
+        tasks = [
+            asyncio.create_task(self.watcher.run(self.stop), name="ingest"),
+            asyncio.create_task(self.sender.run(self.stop), name="send"),
+        ]
+        stopper = asyncio.create_task(self.stop.wait())
+        try:
+            done, _ = await asyncio.wait([*tasks, stopper], return_when=asyncio.FIRST_COMPLETED)
+            if stopper not in done:  # a stage died: exit non-zero so systemd restarts us
+                self.stop.set()
+                for task in done:
+                    task.result()
+                raise RuntimeError("a stage ended unexpectedly")
+            await asyncio.wait(tasks, timeout=30)
+        finally:
+            stopper.cancel()
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+            await self.store.close()
+            log.info("mailtick stopped")
+
+    def request_stop(self, why: str = "request") -> None:
+        log.info("stopping (%s)", why)
+        self.stop.set()
+
+    async def run_once(self) -> OnceResult:
+        """Catch up with the mailbox, send what is due, close. Raises Transient on trouble."""
+        await self.open()
+        try:
+            ingest = await self.watcher.run_once()
+            sent = await self.sender.drain()
+            return OnceResult(ingest, sent)
+        finally:
+            await self.store.close()

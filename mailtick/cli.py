@@ -1,0 +1,215 @@
+"""Command line: `mailtick run|check-config|tickets|show|demo`. The only place that exits.
+
+Exit codes: 0 fine, 1 the work failed (a server unreachable, a ticket not found),
+2 the configuration is unusable (every bad key is named on stderr).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+import textwrap
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from mailtick import __version__
+from mailtick.config import Config, ConfigError, describe, load_config
+from mailtick.outcomes import Transient
+
+DEFAULT_CONFIG = os.environ.get("MAILTICK_CONFIG", "/etc/mailtick/config.toml")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "handler", None):
+        parser.print_help()
+        return 2
+    handler: Callable[[argparse.Namespace], int] = args.handler
+    try:
+        return handler(args)
+    except ConfigError as exc:
+        print(f"mailtick: configuration {args.config} is not usable:", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mailtick", description="Email ticketing daemon.")
+    parser.add_argument("--version", action="version", version=f"mailtick {__version__}")
+    sub = parser.add_subparsers(metavar="COMMAND")
+
+    def command(
+        name: str, handler: Callable[[argparse.Namespace], int], help: str
+    ) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=help)
+        p.add_argument(
+            "-c",
+            "--config",
+            default=DEFAULT_CONFIG,
+            type=Path,
+            help=f"config file (default {DEFAULT_CONFIG})",
+        )
+        p.set_defaults(handler=handler)
+        return p
+
+    run = command("run", cmd_run, "run the daemon in the foreground (logs to stderr)")
+    run.add_argument(
+        "--once", action="store_true", help="catch up with the mailbox, send what is due, exit"
+    )
+    check = command("check-config", cmd_check_config, "validate the configuration")
+    check.add_argument("--connect", action="store_true", help="also log in to IMAP and SMTP")
+    tickets = command("tickets", cmd_tickets, "list tickets")
+    tickets.add_argument("--status", help="only tickets with this status")
+    tickets.add_argument("--json", action="store_true", help="machine-readable output")
+    show = command("show", cmd_show, "show one ticket's thread")
+    show.add_argument(
+        "number", help="ticket number, with or without the prefix (MT#10009 or 10009)"
+    )
+    show.add_argument("--json", action="store_true", help="machine-readable output")
+    demo = sub.add_parser("demo", help="play a scripted conversation on embedded servers")
+    demo.add_argument("--keep-running", action="store_true", help="leave servers and daemon up")
+    demo.set_defaults(handler=cmd_demo, config="(demo)")
+    return parser
+
+
+def _load(args: argparse.Namespace) -> Config:
+    config = load_config(args.config)
+    logging.basicConfig(
+        level=getattr(logging, config.log_level, logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    return config
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from mailtick.app import Daemon
+
+    config = _load(args)
+
+    async def go() -> int:
+        daemon = Daemon(config)
+        if not args.once:
+            await daemon.run()
+            return 0
+        try:
+            result = await daemon.run_once()
+        except Transient as exc:
+            logging.getLogger("mailtick").error("run --once failed: %s", exc.reason)
+            return 1
+        ingest, sent = result.ingest, result.send
+        print(
+            f"fetched {ingest.fetched}, recorded or ignored {ingest.acked}, "
+            f"quarantined {ingest.quarantined}, to retry {ingest.retry}; "
+            f"sent {sent.sent}, deferred {sent.deferred}, failed {sent.failed}"
+        )
+        return 1 if ingest.retry else 0
+
+    return asyncio.run(go())
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    config = _load(args)
+    print(f"{args.config}: OK")
+    print(textwrap.indent(describe(config), "  "))
+    if not args.connect:
+        return 0
+    from mailtick.probe import probe
+
+    ok = True
+    for name, good, detail in asyncio.run(probe(config)):
+        ok = ok and good
+        print(f"  {name}: {'OK' if good else 'FAILED'} - {detail}")
+    return 0 if ok else 1
+
+
+def _open_db(config: Config) -> Any:
+    from mailtick.db import open_database
+
+    return open_database(config.database.url)
+
+
+def cmd_tickets(args: argparse.Namespace) -> int:
+    from mailtick.views import list_tickets
+
+    config = _load(args)
+    rows = list_tickets(_open_db(config), args.status)
+    if args.json:
+        print(json.dumps(rows, indent=2, ensure_ascii=False))
+        return 0
+    prefix = config.tickets.prefix
+    for t in rows:
+        number = f"{prefix}#{t['number']}"
+        print(
+            f"{number:<12} {t['status']:<12} {t['age']:>5} {t['messages']:>3} msg  "
+            f"{t['requester']:<30} {t['subject']}"
+        )
+    print(f"{len(rows)} ticket(s)")
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from mailtick.views import show_ticket
+
+    config = _load(args)
+    number = args.number.rpartition("#")[2].strip("[] ")
+    detail = show_ticket(_open_db(config), number)
+    if detail is None:
+        print(f"mailtick: no ticket {args.number}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(detail, indent=2, ensure_ascii=False))
+    else:
+        print(render_ticket(detail, config.tickets.prefix))
+    return 0
+
+
+def render_ticket(t: dict[str, Any], prefix: str) -> str:
+    lines = [
+        f"{prefix}#{t['number']}  {t['subject']}",
+        f"  status {t['status']}, customer {t['requester_name']} <{t['requester']}>, "
+        f"opened {t['created_at']} ({t['age']} ago), {t['messages']} message(s)",
+    ]
+    if t["linked_to"]:
+        lines.append(f"  follows {prefix}#{t['linked_to']}")
+    if t["links"]:
+        lines.append("  continued in " + ", ".join(f"{prefix}#{n}" for n in t["links"]))
+    for e in t["events"]:
+        lines.append(f"  {e['at']}  [{e['kind']}] {e['detail']}")
+    for m in t["thread"]:
+        arrow = "<-" if m["direction"] == "in" else "->"
+        how = f"threaded by {m['thread_rule']}" if m["direction"] == "in" else m["kind"]
+        lines.append("")
+        lines.append(
+            f"  {arrow} {m['at']}  {m['author_name'] or ''} <{m['author']}>  ({how}, {m['kind']})"
+        )
+        lines.append(f"     Subject: {m['subject']}")
+        if "delivery" in m:
+            d = m["delivery"]
+            to = ", ".join(d["to"])
+            outcome = f"{d['status']} after {d['attempts']} attempt(s) {d['last_error']}"
+            lines.append(f"     to {to}: {outcome}".rstrip())
+        body = [ln for ln in m["text"].strip().splitlines()[:8]]
+        lines.extend(f"     | {ln}" for ln in body)
+    return "\n".join(lines)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    try:
+        from mailtick.demo import run_demo  # type: ignore[import-not-found,unused-ignore]
+    except ImportError as exc:
+        print(
+            f"mailtick demo needs the demo extra (pip install 'mailtick[demo]'): {exc}",
+            file=sys.stderr,
+        )
+        return 1
+    return int(run_demo(keep_running=args.keep_running))

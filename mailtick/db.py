@@ -1,0 +1,245 @@
+"""Storage layer: peewee models, opening SQLite/PostgreSQL, schema upgrades. Touches the database.
+
+Every other module reaches the database through functions that take the opened
+`Database`; the daemon runs them on one worker thread (see `store.py`), the CLI
+calls them directly. All times are naive UTC datetimes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from urllib.parse import unquote, urlsplit
+
+import peewee as pw
+
+from mailtick.outcomes import Transient
+
+# Ticket statuses, in the words of seed 000.
+STATUSES = ("open", "in-progress", "waiting", "information", "answered", "closed")
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+class BaseModel(pw.Model):
+    pass
+
+
+class Row(BaseModel):
+    """A table with an integer primary key `id`."""
+
+    id = pw.AutoField()
+
+
+class SchemaVersion(Row):
+    version = pw.IntegerField()
+
+
+class Counter(BaseModel):
+    """Named sequences; "ticket" hands out ticket numbers under a row lock."""
+
+    name = pw.CharField(primary_key=True, max_length=40)
+    value = pw.BigIntegerField()
+
+
+class MailboxCursor(BaseModel):
+    """Per mailbox: the UIDVALIDITY we know and the highest UID fully handled."""
+
+    mailbox = pw.CharField(primary_key=True, max_length=255)
+    uidvalidity = pw.BigIntegerField()
+    last_uid = pw.BigIntegerField(default=0)
+
+
+class Ticket(Row):
+    number = pw.CharField(unique=True, max_length=20)
+    subject = pw.TextField()
+    status = pw.CharField(max_length=20, default="open", index=True)
+    requester = pw.CharField(max_length=320, index=True)
+    requester_name = pw.TextField(default="")
+    language = pw.CharField(max_length=8, default="en")
+    created_at = pw.DateTimeField(default=utcnow)
+    updated_at = pw.DateTimeField(default=utcnow)
+    closed_at = pw.DateTimeField(null=True)
+    linked_to = pw.ForeignKeyField("self", null=True, backref="links", on_delete="SET NULL")
+    linked_to_id: int | None
+
+
+class Message(Row):
+    """Every mail of a ticket, incoming and outgoing, with its raw bytes."""
+
+    ticket = pw.ForeignKeyField(Ticket, backref="messages", on_delete="CASCADE")
+    ticket_id: int
+    message_id = pw.CharField(unique=True, max_length=255)
+    direction = pw.CharField(max_length=3)  # "in" | "out"
+    kind = pw.CharField(max_length=20, default="customer")  # customer | automatic | ack
+    author_addr = pw.CharField(max_length=320)
+    author_name = pw.TextField(default="")
+    subject = pw.TextField(default="")
+    text = pw.TextField(default="")
+    data = pw.BlobField()  # the mail exactly as received or sent
+    thread_rule = pw.CharField(max_length=40, default="")
+    thread_detail = pw.TextField(default="")
+    mailbox = pw.CharField(max_length=255, null=True)
+    uidvalidity = pw.BigIntegerField(null=True)
+    uid = pw.BigIntegerField(null=True)
+    created_at = pw.DateTimeField(default=utcnow)
+
+    class Meta:
+        indexes = ((("mailbox", "uidvalidity", "uid"), False),)
+
+
+class Attachment(Row):
+    message = pw.ForeignKeyField(Message, backref="attachments", on_delete="CASCADE")
+    filename = pw.TextField()
+    content_type = pw.CharField(max_length=255)
+    size = pw.IntegerField()
+    data = pw.BlobField()
+
+
+class Outbox(Row):
+    """A mail to send; written in the transaction that decided to send it."""
+
+    message = pw.ForeignKeyField(Message, backref="outbox", on_delete="CASCADE")
+    message_id: int
+    mail_from = pw.CharField(max_length=320)
+    rcpt_to = pw.TextField()  # comma-separated addr-specs
+    status = pw.CharField(max_length=10, default="pending", index=True)  # pending|sent|failed
+    attempts = pw.IntegerField(default=0)
+    next_attempt_at = pw.DateTimeField(default=utcnow, index=True)
+    claimed_until = pw.DateTimeField(null=True)  # a sender's lease; guards several instances
+    last_error = pw.TextField(default="")
+    created_at = pw.DateTimeField(default=utcnow)
+    sent_at = pw.DateTimeField(null=True)
+
+
+class Event(Row):
+    """What happened to a ticket besides mail: created, reopened, linked, status changes."""
+
+    ticket = pw.ForeignKeyField(Ticket, backref="events", on_delete="CASCADE")
+    at = pw.DateTimeField(default=utcnow)
+    kind = pw.CharField(max_length=30)
+    detail = pw.TextField(default="")
+
+
+class Quarantine(Row):
+    """A mail that could not be processed, with the reason and its bytes."""
+
+    mailbox = pw.CharField(max_length=255)
+    uidvalidity = pw.BigIntegerField()
+    uid = pw.BigIntegerField()
+    message_id = pw.CharField(max_length=255, default="")
+    reason = pw.TextField()
+    data = pw.BlobField()  # the mail exactly as received or sent
+    at = pw.DateTimeField(default=utcnow)
+
+
+MODELS: tuple[type[BaseModel], ...] = (
+    SchemaVersion,
+    Counter,
+    MailboxCursor,
+    Ticket,
+    Message,
+    Attachment,
+    Outbox,
+    Event,
+    Quarantine,
+)
+
+
+def _v1(db: pw.Database) -> None:
+    db.create_tables(MODELS)
+    Counter.create(name="ticket", value=0)
+
+
+# Schema upgrades: (version reached, step). Append, never edit a released step.
+MIGRATIONS: tuple[tuple[int, Callable[[pw.Database], None]], ...] = ((1, _v1),)
+
+
+def open_database(url: str) -> pw.Database:
+    """Open the database named by `url`, bind the models and bring the schema up to date."""
+    db = _connect(url)
+    db.bind(MODELS)
+    db.connect(reuse_if_open=True)
+    migrate(db)
+    return db
+
+
+def _connect(url: str) -> pw.Database:
+    parts = urlsplit(url)
+    if parts.scheme == "sqlite":
+        path = unquote(url[len("sqlite:///") :]) or ":memory:"
+        return pw.SqliteDatabase(
+            path,
+            pragmas={
+                "journal_mode": "wal",
+                "synchronous": "full",
+                "foreign_keys": 1,
+                "busy_timeout": 15000,
+            },
+        )
+    if parts.scheme in ("postgresql", "postgres"):
+        return pw.PostgresqlDatabase(
+            unquote(parts.path.lstrip("/")),
+            user=unquote(parts.username) if parts.username else None,
+            password=unquote(parts.password) if parts.password else None,
+            host=parts.hostname,
+            port=parts.port,
+            connect_timeout=10,
+        )
+    raise ValueError(f"unsupported database url scheme {parts.scheme!r}")
+
+
+def migrate(db: pw.Database) -> int:
+    """Create or upgrade the schema; safe when several processes start at once."""
+    with write_transaction(db):
+        if isinstance(db, pw.PostgresqlDatabase):
+            # one migrator at a time
+            db.execute_sql("SELECT pg_advisory_xact_lock(7263541)")  # type: ignore[no-untyped-call]
+        current = 0
+        if db.table_exists("schemaversion"):
+            row = SchemaVersion.select(pw.fn.MAX(SchemaVersion.version)).scalar()
+            current = int(row or 0)
+        for version, step in MIGRATIONS:
+            if version > current:
+                step(db)
+                SchemaVersion.create(version=version)
+                current = version
+    return current
+
+
+@contextlib.contextmanager
+def write_transaction(db: pw.Database) -> Iterator[None]:
+    """A transaction that takes the write lock at once (SQLite: BEGIN IMMEDIATE), so two
+    processes never deadlock upgrading a read lock; PostgreSQL's row locks do the rest."""
+    if isinstance(db, pw.SqliteDatabase):
+        with db.atomic("IMMEDIATE"):
+            yield
+    else:
+        with db.atomic():
+            yield
+
+
+def is_connection_error(exc: BaseException) -> bool:
+    return isinstance(exc, pw.OperationalError | pw.InterfaceError)
+
+
+def guard(db: pw.Database, exc: BaseException) -> Transient:
+    """Turn a lost database connection into Transient and drop the broken connection."""
+    with contextlib.suppress(Exception):
+        db.close()
+    return Transient(f"database unavailable: {type(exc).__name__}: {exc}".strip())
+
+
+def check_durability(db: pw.Database) -> None:
+    """Refuse to run on a SQLite database that is not in WAL mode with synchronous=FULL."""
+    if not isinstance(db, pw.SqliteDatabase):
+        return
+    mode = str(db.pragma("journal_mode")).lower()
+    sync = int(db.pragma("synchronous"))
+    if mode != "wal" and db.database != ":memory:":
+        raise RuntimeError(f"SQLite journal_mode is {mode!r}, expected 'wal'")
+    if sync != 2:
+        raise RuntimeError(f"SQLite synchronous is {sync}, expected 2 (FULL)")

@@ -1,0 +1,189 @@
+"""Stage `poll` driver: catch up from the UID cursor, IDLE or poll, reconnect. Network + DB.
+
+The mail on the server is the queue entry: a mail is moved to the processed (or
+quarantine) mailbox only after the pipeline committed it, and the cursor moves
+only past mails that were moved. A crash anywhere means a refetch, which the
+pipeline's dedupe keys turn into a no-op.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import peewee as pw
+
+from mailtick.config import ImapConfig
+from mailtick.db import MailboxCursor, write_transaction
+from mailtick.ingest.imap import ImapConnection, Selected
+from mailtick.mail import RawMail
+from mailtick.outcomes import Transient
+from mailtick.pipeline import Action
+from mailtick.store import Store
+
+log = logging.getLogger("mailtick.ingest")
+
+Handler = Callable[[RawMail], Awaitable[Action]]
+
+
+@dataclass
+class Counts:
+    fetched: int = 0
+    acked: int = 0
+    quarantined: int = 0
+    retry: int = 0
+
+
+def load_cursor(db: pw.Database, selected: Selected) -> int:
+    """The last handled UID; 0 (start over, dedupe by Message-ID) when UIDVALIDITY changed."""
+    with write_transaction(db):
+        row = MailboxCursor.get_or_none(MailboxCursor.mailbox == selected.mailbox)
+        if row is None:
+            MailboxCursor.create(mailbox=selected.mailbox, uidvalidity=selected.uidvalidity)
+            return 0
+        if int(row.uidvalidity) != selected.uidvalidity:
+            log.warning(
+                "UIDVALIDITY of %s changed %s -> %s: rescanning, duplicates matched by Message-ID",
+                selected.mailbox,
+                row.uidvalidity,
+                selected.uidvalidity,
+            )
+            row.uidvalidity, row.last_uid = selected.uidvalidity, 0
+            row.save()
+        return int(row.last_uid)
+
+
+def save_cursor(db: pw.Database, selected: Selected, last_uid: int) -> None:
+    with write_transaction(db):
+        MailboxCursor.update(last_uid=last_uid).where(
+            (MailboxCursor.mailbox == selected.mailbox)
+            & (MailboxCursor.uidvalidity == selected.uidvalidity)
+            & (MailboxCursor.last_uid < last_uid)
+        ).execute()
+
+
+class Backoff:
+    """Exponential backoff with jitter: min, 2*min, 4*min ... max, each times 0.5..1."""
+
+    def __init__(self, low: float, high: float) -> None:
+        self.low, self.high, self.failures = low, high, 0
+
+    def next_delay(self) -> float:
+        delay = min(self.high, self.low * 2**self.failures)
+        self.failures += 1
+        return float(delay * random.uniform(0.5, 1.0))
+
+    def reset(self) -> None:
+        self.failures = 0
+
+
+class Watcher:
+    """Keeps one mailbox drained: connect, catch up, wait for news, repeat; forever."""
+
+    def __init__(self, config: ImapConfig, store: Store, handle: Handler) -> None:
+        self.config = config
+        self.store = store
+        self.handle = handle
+        self.backoff = Backoff(config.reconnect_min, config.reconnect_max)
+        self.connected = asyncio.Event()  # set while a session is healthy (for the watchdog)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                await self._session(stop)
+            except Transient as exc:
+                self.connected.clear()
+                delay = self.backoff.next_delay()
+                log.warning("IMAP session ended: %s; reconnecting in %.1fs", exc.reason, delay)
+                await self._pause(stop, delay)
+
+    async def run_once(self) -> Counts:
+        """Connect, drain the mailbox once, log out. Raises Transient on trouble."""
+        conn = ImapConnection(self.config)
+        try:
+            await conn.open()
+            await self.prepare(conn)
+            return await self.catch_up(conn)
+        finally:
+            await conn.close()
+
+    async def _session(self, stop: asyncio.Event) -> None:
+        conn = ImapConnection(self.config)
+        try:
+            await conn.open()
+            await self.prepare(conn)
+            use_idle = self.config.idle and conn.has("IDLE")
+            log.info(
+                "IMAP connected to %s:%s (%s), waiting with %s",
+                self.config.host,
+                self.config.port,
+                self.config.security,
+                "IDLE" if use_idle else f"polling every {self.config.poll_interval:g}s",
+            )
+            while not stop.is_set():
+                counts = await self.catch_up(conn)
+                self.connected.set()
+                self.backoff.reset()
+                if counts.retry:
+                    await self._pause(stop, self.backoff.next_delay())
+                elif use_idle:
+                    await conn.idle(self.config.idle_timeout, stop)
+                else:
+                    await self._pause(stop, self.config.poll_interval)
+        finally:
+            self.connected.clear()
+            await conn.close()
+
+    async def _pause(self, stop: asyncio.Event, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=seconds)
+
+    async def prepare(self, conn: ImapConnection) -> None:
+        for name in (self.config.processed_mailbox, self.config.quarantine_mailbox):
+            await conn.ensure_mailbox(name)
+
+    async def catch_up(self, conn: ImapConnection) -> Counts:
+        """Fetch everything above the cursor in batches and hand each mail to the pipeline."""
+        selected = await conn.select(self.config.mailbox)
+        last_uid = await self.store.run(load_cursor, self.store.db, selected)
+        counts = Counts()
+        if selected.exists == 0:
+            return counts
+        pending = await conn.uids_after(last_uid)
+        for start in range(0, len(pending), self.config.batch_size):
+            batch = pending[start : start + self.config.batch_size]
+            if not await self._batch(conn, selected, batch, counts):
+                break
+        return counts
+
+    async def _batch(
+        self, conn: ImapConnection, selected: Selected, uids: list[int], counts: Counts
+    ) -> bool:
+        """One FETCH, the pipeline per mail, then MOVE the handled ones and advance the cursor.
+        False when a mail asked for a retry: the cursor stops below it."""
+        fetched = await conn.fetch(uids)
+        counts.fetched += len(fetched)
+        done: dict[Action, list[int]] = {Action.ACK: [], Action.QUARANTINE: []}
+        stopped_at: int | None = None
+        for uid, data in fetched:
+            action = await self.handle(RawMail(selected.mailbox, selected.uidvalidity, uid, data))
+            if action is Action.RETRY:
+                stopped_at = uid
+                counts.retry += 1
+                break
+            done[action].append(uid)
+        await self._move(conn, done[Action.ACK], self.config.processed_mailbox)
+        await self._move(conn, done[Action.QUARANTINE], self.config.quarantine_mailbox)
+        counts.acked += len(done[Action.ACK])
+        counts.quarantined += len(done[Action.QUARANTINE])
+        handled_up_to = stopped_at - 1 if stopped_at is not None else uids[-1]
+        await self.store.run(save_cursor, self.store.db, selected, handled_up_to)
+        return stopped_at is None
+
+    async def _move(self, conn: ImapConnection, uids: list[int], target: str) -> None:
+        if uids:
+            await conn.move(uids, target)

@@ -1,0 +1,51 @@
+"""Value types that flow through the pipeline (RawMail -> ParsedMail). Touches nothing."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+
+@dataclass(frozen=True)
+class RawMail:
+    """One mail as fetched from the server: where it lives and its exact bytes."""
+
+    mailbox: str
+    uidvalidity: int
+    uid: int
+    data: bytes
+
+    @property
+    def where(self) -> str:
+        return f"{self.mailbox}/{self.uidvalidity}/{self.uid}"
+
+
+@dataclass(frozen=True)
+class Attachment:
+    filename: str
+    content_type: str
+    data: bytes
+
+
+@dataclass(frozen=True)
+class ParsedMail:
+    """What the later stages need of a mail; `raw` keeps the original bytes."""
+
+    raw: bytes
+    message_id: str  # with angle brackets; synthesised from a hash when the mail has none
+    subject: str
+    from_name: str
+    from_addr: str  # lower-cased addr-spec
+    to: tuple[str, ...]
+    cc: tuple[str, ...]
+    date: datetime | None
+    in_reply_to: tuple[str, ...]
+    references: tuple[str, ...]  # oldest first, as in the header
+    text: str  # the plain-text body (HTML converted when there is no text part)
+    language: str  # "de" | "en" | ...
+    attachments: tuple[Attachment, ...] = ()
+    headers: dict[str, str] = field(default_factory=dict)  # lower-cased name -> first value
+    defects: tuple[str, ...] = ()
+
+    def header(self, name: str) -> str:
+        return self.headers.get(name.lower(), "")

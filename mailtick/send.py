@@ -1,0 +1,256 @@
+"""Stage `send`: drain the outbox over SMTP (aiosmtplib); retry 4xx, record 5xx. Network + DB.
+
+Rows are claimed with a lease before sending, so several instances sharing one
+PostgreSQL database never send the same row twice; a row is marked sent the
+moment the server accepted it. An SMTP outage only delays mail: ingest never
+waits for this stage.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import aiosmtplib
+import peewee as pw
+
+from mailtick.config import SmtpConfig
+from mailtick.db import Message, Outbox, utcnow, write_transaction
+from mailtick.ingest.imap import tls_context
+from mailtick.outcomes import Transient
+from mailtick.store import Store
+
+log = logging.getLogger("mailtick.send")
+
+LEASE = timedelta(minutes=10)
+BATCH = 50
+
+
+@dataclass(frozen=True)
+class Queued:
+    id: int
+    message_id: str
+    mail_from: str
+    rcpt_to: tuple[str, ...]
+    raw: bytes
+    attempts: int
+
+
+@dataclass
+class SendCounts:
+    sent: int = 0
+    deferred: int = 0
+    failed: int = 0
+
+
+# -- database side (runs on the store thread) ------------------------------------
+
+
+def claim_due(db: pw.Database, now: datetime, limit: int = BATCH) -> list[Queued]:
+    """Lease up to `limit` due rows to this sender; rows leased by another are skipped."""
+    due = (
+        Outbox.select(Outbox.id)
+        .where(
+            (Outbox.status == "pending")
+            & (Outbox.next_attempt_at <= now)
+            & (Outbox.claimed_until.is_null() | (Outbox.claimed_until < now))
+        )
+        .order_by(Outbox.next_attempt_at, Outbox.id)
+        .limit(limit)
+    )
+    claimed: list[Queued] = []
+    for row_id in [row.id for row in due]:
+        with write_transaction(db):
+            taken = (
+                Outbox.update(claimed_until=now + LEASE)
+                .where(
+                    (Outbox.id == row_id)
+                    & (Outbox.status == "pending")
+                    & (Outbox.claimed_until.is_null() | (Outbox.claimed_until < now))
+                )
+                .execute()
+            )
+            if taken:
+                claimed.append(_queued(row_id))
+    return claimed
+
+
+def _queued(row_id: int) -> Queued:
+    row = Outbox.select(Outbox, Message).join(Message).where(Outbox.id == row_id).get()
+    return Queued(
+        id=row.id,
+        message_id=row.message.message_id,
+        mail_from=row.mail_from,
+        rcpt_to=tuple(a for a in row.rcpt_to.split(",") if a),
+        raw=bytes(row.message.data),
+        attempts=row.attempts,
+    )
+
+
+def mark_sent(db: pw.Database, row_id: int, note: str = "") -> None:
+    with write_transaction(db):
+        Outbox.update(
+            status="sent",
+            sent_at=utcnow(),
+            attempts=Outbox.attempts + 1,
+            claimed_until=None,
+            last_error=note,
+        ).where(Outbox.id == row_id).execute()
+
+
+def mark_deferred(db: pw.Database, row_id: int, error: str, retry_at: datetime) -> None:
+    with write_transaction(db):
+        Outbox.update(
+            attempts=Outbox.attempts + 1,
+            last_error=error,
+            next_attempt_at=retry_at,
+            claimed_until=None,
+        ).where(Outbox.id == row_id).execute()
+
+
+def mark_failed(db: pw.Database, row_id: int, error: str) -> None:
+    with write_transaction(db):
+        Outbox.update(
+            status="failed", attempts=Outbox.attempts + 1, last_error=error, claimed_until=None
+        ).where(Outbox.id == row_id).execute()
+
+
+def next_due(db: pw.Database) -> datetime | None:
+    value = (
+        Outbox.select(pw.fn.MIN(Outbox.next_attempt_at)).where(Outbox.status == "pending").scalar()
+    )
+    if isinstance(value, str):  # SQLite hands back text for an aggregate
+        return datetime.fromisoformat(value)
+    return value  # type: ignore[no-any-return]
+
+
+# -- network side -------------------------------------------------------------------
+
+
+def smtp_client(cfg: SmtpConfig) -> aiosmtplib.SMTP:
+    """An unconnected client for the configured server and security."""
+    return aiosmtplib.SMTP(
+        hostname=cfg.host,
+        port=cfg.port,
+        timeout=cfg.timeout,
+        use_tls=cfg.security == "tls",
+        start_tls=cfg.security == "starttls",
+        tls_context=tls_context(cfg.tls) if cfg.security != "none" else None,
+    )
+
+
+def _describe(exc: Exception) -> tuple[bool, str]:
+    """(permanent?, text) for an aiosmtplib error; only a 5xx answer is permanent."""
+    if isinstance(exc, aiosmtplib.SMTPRecipientsRefused):
+        codes = [r.code for r in exc.recipients]
+        text = "; ".join(f"{r.recipient}: {r.code} {r.message}" for r in exc.recipients)
+        return all(500 <= c < 600 for c in codes), text
+    if isinstance(exc, aiosmtplib.SMTPResponseException):
+        return 500 <= exc.code < 600, f"{exc.code} {exc.message}"
+    return False, f"{type(exc).__name__}: {exc}"
+
+
+class Sender:
+    def __init__(self, config: SmtpConfig, store: Store) -> None:
+        self.config = config
+        self.store = store
+        self.wake = asyncio.Event()
+
+    def notify(self) -> None:
+        """Called after a commit that queued mail: send now rather than at the next tick."""
+        self.wake.set()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            self.wake.clear()
+            try:
+                await self.drain()
+                wait = await self._seconds_to_next_due()
+            except Transient as exc:
+                log.warning("outbox unavailable: %s", exc.reason)
+                wait = self.config.retry_min
+            waiters = {asyncio.ensure_future(self.wake.wait()), asyncio.ensure_future(stop.wait())}
+            _, pending = await asyncio.wait(
+                waiters, timeout=wait, return_when=asyncio.FIRST_COMPLETED
+            )
+            for task in pending:
+                task.cancel()
+
+    async def _seconds_to_next_due(self) -> float:
+        due = await self.store.run(next_due, self.store.db)
+        if due is None:
+            return 60.0
+        return max(0.05, min(60.0, (due - utcnow()).total_seconds()))
+
+    async def drain(self) -> SendCounts:
+        """Send every due mail; returns what happened. Stops early only on connection loss."""
+        counts = SendCounts()
+        while batch := await self.store.run(claim_due, self.store.db, utcnow()):
+            await self._send_batch(batch, counts)
+            if counts.deferred:
+                break  # the server is unwell: leave the rest for the next round
+        return counts
+
+    async def _send_batch(self, batch: list[Queued], counts: SendCounts) -> None:
+        client = smtp_client(self.config)
+        try:
+            await client.connect()
+            if self.config.username:
+                await client.login(self.config.username, self.config.password)
+        except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+            for item in batch:
+                await self._defer(item, f"connect: {_describe(exc)[1]}", counts)
+            return
+        try:
+            for item in batch:
+                await self._send_one(client, item, counts)
+        finally:
+            if client.is_connected:
+                try:
+                    await client.quit()
+                except (aiosmtplib.SMTPException, OSError, TimeoutError):
+                    client.close()
+
+    async def _send_one(self, client: aiosmtplib.SMTP, item: Queued, counts: SendCounts) -> None:
+        try:
+            if not client.is_connected:
+                await client.connect()
+                if self.config.username:
+                    await client.login(self.config.username, self.config.password)
+            refused, _ = await client.sendmail(item.mail_from, list(item.rcpt_to), item.raw)
+        except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+            permanent, text = _describe(exc)
+            if permanent:
+                await self._fail(item, text, counts)
+            else:
+                await self._defer(item, text, counts)
+            return
+        note = "; ".join(f"{rcpt}: {resp.code} {resp.message}" for rcpt, resp in refused.items())
+        await self.store.run(mark_sent, self.store.db, item.id, note)
+        counts.sent += 1
+        log.info("sent %s to %s", item.message_id, ",".join(item.rcpt_to))
+
+    async def _defer(self, item: Queued, error: str, counts: SendCounts) -> None:
+        if item.attempts + 1 >= self.config.max_attempts:
+            await self._fail(item, f"gave up after {item.attempts + 1} attempts: {error}", counts)
+            return
+        delay = min(self.config.retry_max, self.config.retry_min * 2**item.attempts)
+        delay *= random.uniform(0.8, 1.2)
+        retry_at = utcnow() + timedelta(seconds=delay)
+        await self.store.run(mark_deferred, self.store.db, item.id, error, retry_at)
+        counts.deferred += 1
+        log.warning(
+            "deferred %s (attempt %d): %s; retry in %.0fs",
+            item.message_id,
+            item.attempts + 1,
+            error,
+            delay,
+        )
+
+    async def _fail(self, item: Queued, error: str, counts: SendCounts) -> None:
+        await self.store.run(mark_failed, self.store.db, item.id, error)
+        counts.failed += 1
+        log.error("failed %s to %s: %s", item.message_id, ",".join(item.rcpt_to), error)

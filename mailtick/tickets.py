@@ -1,0 +1,217 @@
+"""Stage `record`: ONE transaction per mail: ticket, message, attachments, outbox. Database.
+
+`record` is the commit point of the pipeline: before it returns, nothing about the
+mail exists; after it, everything does, including the acknowledgement waiting in
+the outbox. It runs on the store's worker thread.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+import peewee as pw
+
+from mailtick.answers import Composer, OutgoingMail, Reply
+from mailtick.db import (
+    Attachment,
+    Counter,
+    Event,
+    Message,
+    Outbox,
+    Ticket,
+    utcnow,
+    write_transaction,
+)
+from mailtick.ingest.classify import Disposition
+from mailtick.mail import ParsedMail, RawMail
+from mailtick.numbers import FIRST_SEQUENCE, ticket_number
+from mailtick.outcomes import Ignored
+from mailtick.threading.resolve import Decision, resolve
+from mailtick.threading.subject import normalise
+
+
+@dataclass(frozen=True)
+class Recorded:
+    ticket_number: str
+    new_ticket: bool
+    rule: str
+    reopened: bool
+    acknowledged: bool
+
+
+@dataclass(frozen=True)
+class RecordSettings:
+    prefix: str
+    reopen_days: int
+
+
+def already_recorded(db: pw.Database, raw: RawMail) -> bool:
+    """True when this server copy (mailbox, UIDVALIDITY, UID) is already stored."""
+    query = Message.select(Message.id).where(
+        (Message.mailbox == raw.mailbox)
+        & (Message.uidvalidity == raw.uidvalidity)
+        & (Message.uid == raw.uid)
+    )
+    return bool(query.exists())
+
+
+def record(
+    db: pw.Database,
+    raw: RawMail | None,
+    mail: ParsedMail,
+    disposition: Disposition,
+    settings: RecordSettings,
+    composer: Composer,
+) -> Recorded:
+    """Store the mail on its ticket (a new one if need be) and queue the acknowledgement.
+
+    Raises Ignored when the Message-ID is already stored: a refetch or a second delivery.
+    """
+    try:
+        with write_transaction(db):
+            return _record(raw, mail, disposition, settings, composer)
+    except pw.IntegrityError as exc:  # another process stored the same Message-ID first
+        raise Ignored(f"duplicate Message-ID {mail.message_id} (concurrent)") from exc
+
+
+def _record(
+    raw: RawMail | None,
+    mail: ParsedMail,
+    disposition: Disposition,
+    settings: RecordSettings,
+    composer: Composer,
+) -> Recorded:
+    if Message.select(Message.id).where(Message.message_id == mail.message_id).exists():
+        raise Ignored(f"duplicate Message-ID {mail.message_id}")
+    decision = resolve(mail, settings.prefix, settings.reopen_days)
+    now = utcnow()
+    if decision.ticket_id is None:
+        ticket = _open_ticket(mail, decision, settings.prefix, now)
+    else:
+        ticket = _touch_ticket(decision, now)
+    _store_message(ticket, raw, mail, disposition, decision, now)
+    acknowledged = decision.ticket_id is None and not disposition.automatic
+    if acknowledged:
+        queue_mail(ticket, composer.acknowledgement(reply_to(ticket, mail)), "ack", now)
+    return Recorded(
+        ticket_number=str(ticket.number),
+        new_ticket=decision.ticket_id is None,
+        rule=decision.rule,
+        reopened=decision.reopen,
+        acknowledged=acknowledged,
+    )
+
+
+def next_number() -> str:
+    """The next ticket number. The UPDATE takes a row lock (PostgreSQL) or runs under
+    BEGIN IMMEDIATE (SQLite), so two processes never draw the same value."""
+    Counter.update(value=Counter.value + 1).where(Counter.name == "ticket").execute()
+    value = Counter.select(Counter.value).where(Counter.name == "ticket").scalar()
+    return ticket_number(FIRST_SEQUENCE + int(value))
+
+
+def _open_ticket(mail: ParsedMail, decision: Decision, prefix: str, now: datetime) -> Ticket:
+    ticket = Ticket.create(
+        number=next_number(),
+        subject=normalise(mail.subject, prefix),
+        status="open",
+        requester=mail.from_addr,
+        requester_name=mail.from_name,
+        language=mail.language,
+        created_at=now,
+        updated_at=now,
+        linked_to=decision.link_to,
+    )
+    Event.create(ticket=ticket, at=now, kind="created", detail=f"from {mail.from_addr}")
+    if decision.link_to is not None:
+        old = Ticket.get_by_id(decision.link_to)
+        Event.create(
+            ticket=ticket, at=now, kind="linked", detail=f"follows closed ticket {old.number}"
+        )
+        Event.create(
+            ticket=old, at=now, kind="linked", detail=f"continued in ticket {ticket.number}"
+        )
+    return ticket
+
+
+def _touch_ticket(decision: Decision, now: datetime) -> Ticket:
+    ticket: Ticket = Ticket.get_by_id(decision.ticket_id)
+    ticket.updated_at = now
+    if decision.reopen:
+        ticket.status = "open"
+        ticket.closed_at = None
+        Event.create(ticket=ticket, at=now, kind="reopened", detail=f"by a reply ({decision.rule})")
+    ticket.save()
+    return ticket
+
+
+def _store_message(
+    ticket: Ticket,
+    raw: RawMail | None,
+    mail: ParsedMail,
+    disposition: Disposition,
+    decision: Decision,
+    now: datetime,
+) -> Message:
+    message = Message.create(
+        ticket=ticket,
+        message_id=mail.message_id,
+        direction="in",
+        kind="automatic" if disposition.automatic else "customer",
+        author_addr=mail.from_addr,
+        author_name=mail.from_name,
+        subject=mail.subject,
+        text=mail.text,
+        data=mail.raw,
+        thread_rule=decision.rule,
+        thread_detail=decision.detail,
+        mailbox=raw.mailbox if raw else None,
+        uidvalidity=raw.uidvalidity if raw else None,
+        uid=raw.uid if raw else None,
+        created_at=now,
+    )
+    for item in mail.attachments:
+        Attachment.create(
+            message=message,
+            filename=item.filename,
+            content_type=item.content_type,
+            size=len(item.data),
+            data=item.data,
+        )
+    return message
+
+
+def reply_to(ticket: Ticket, mail: ParsedMail) -> Reply:
+    return Reply(
+        number=str(ticket.number),
+        title=str(ticket.subject),
+        language=str(ticket.language),
+        to_addr=mail.from_addr,
+        to_name=mail.from_name,
+        in_reply_to=mail.message_id,
+        references=mail.references,
+    )
+
+
+def queue_mail(ticket: Ticket, out: OutgoingMail, kind: str, now: datetime) -> Outbox:
+    """Store an outgoing mail on its ticket and queue it; call inside the caller's transaction."""
+    message = Message.create(
+        ticket=ticket,
+        message_id=out.message_id,
+        direction="out",
+        kind=kind,
+        author_addr=out.mail_from,
+        subject=out.subject,
+        text=out.text,
+        data=out.raw,
+        thread_rule="ours",
+        created_at=now,
+    )
+    return Outbox.create(
+        message=message,
+        mail_from=out.mail_from,
+        rcpt_to=",".join(out.rcpt_to),
+        created_at=now,
+        next_attempt_at=now,
+    )

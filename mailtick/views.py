@@ -1,0 +1,93 @@
+"""Read-only views for the CLI (`tickets`, `show`): plain JSON-able dicts. Reads the database."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import peewee as pw
+
+from mailtick.db import Event, Message, Outbox, Ticket, utcnow
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat(timespec="seconds") + "Z" if value else None
+
+
+def _age(created: datetime) -> str:
+    seconds = int((utcnow() - created).total_seconds())
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+def ticket_summary(ticket: Ticket, messages: int) -> dict[str, Any]:
+    return {
+        "number": ticket.number,
+        "subject": ticket.subject,
+        "status": ticket.status,
+        "requester": ticket.requester,
+        "requester_name": ticket.requester_name,
+        "language": ticket.language,
+        "created_at": _iso(ticket.created_at),
+        "updated_at": _iso(ticket.updated_at),
+        "closed_at": _iso(ticket.closed_at),
+        "age": _age(ticket.created_at),
+        "messages": messages,
+        "linked_to": ticket.linked_to.number if ticket.linked_to_id else None,
+    }
+
+
+def list_tickets(db: pw.Database, status: str | None = None) -> list[dict[str, Any]]:
+    query = Ticket.select().order_by(Ticket.created_at, Ticket.id)
+    if status:
+        query = query.where(Ticket.status == status)
+    per_ticket = Message.select(Message.ticket, pw.fn.COUNT(Message.id)).group_by(Message.ticket)
+    rows: list[Any] = list(per_ticket.tuples())
+    counts = {int(ticket_id): int(n) for ticket_id, n in rows}
+    return [ticket_summary(t, int(counts.get(t.id, 0))) for t in query]
+
+
+def show_ticket(db: pw.Database, number: str) -> dict[str, Any] | None:
+    ticket = Ticket.get_or_none(Ticket.number == number)
+    if ticket is None:
+        return None
+    messages = list(
+        Message.select().where(Message.ticket == ticket).order_by(Message.created_at, Message.id)
+    )
+    outbox = {
+        o.message_id: o for o in Outbox.select().where(Outbox.message.in_([m.id for m in messages]))
+    }
+    detail = ticket_summary(ticket, len(messages))
+    detail["links"] = [t.number for t in Ticket.select().where(Ticket.linked_to == ticket)]
+    detail["events"] = [
+        {"at": _iso(e.at), "kind": e.kind, "detail": e.detail}
+        for e in Event.select().where(Event.ticket == ticket).order_by(Event.at, Event.id)
+    ]
+    detail["thread"] = [_message(m, outbox.get(m.id)) for m in messages]
+    return detail
+
+
+def _message(message: Message, out: Outbox | None) -> dict[str, Any]:
+    entry: dict[str, Any] = {
+        "direction": message.direction,
+        "kind": message.kind,
+        "author": message.author_addr,
+        "author_name": message.author_name,
+        "at": _iso(message.created_at),
+        "subject": message.subject,
+        "message_id": message.message_id,
+        "thread_rule": message.thread_rule,
+        "thread_detail": message.thread_detail,
+        "text": message.text,
+    }
+    if out is not None:
+        entry["delivery"] = {
+            "status": out.status,
+            "to": out.rcpt_to.split(","),
+            "attempts": out.attempts,
+            "sent_at": _iso(out.sent_at),
+            "last_error": out.last_error,
+        }
+    return entry
