@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from mailtick.answers import Composer
 from mailtick.config import Config
 from mailtick.db import check_durability
+from mailtick.ingest.parse import warm_up
 from mailtick.ingest.watch import Counts, Watcher
 from mailtick.pipeline import Pipeline
 from mailtick.send import SendCounts, Sender
@@ -52,6 +53,7 @@ class Daemon:
     async def open(self) -> None:
         db = await self.store.open()
         await self.store.run(check_durability, db)
+        await self.store.run(warm_up)  # load the language model now, not on the first mail
 
     async def run(self) -> None:
         """The daemon: ingest and send until SIGTERM/SIGINT, then shut down cleanly."""

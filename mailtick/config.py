@@ -409,7 +409,7 @@ def database_url(value: object, ctx: _Context) -> str:
         if parts.scheme in ("postgresql", "postgres"):
             return _postgres_url(parts, url)
     except ValueError:
-        pass
+        raise _expected("a valid URL", mask_url(url)) from None
     raise _expected("a sqlite:/// or postgresql:// URL", mask_url(url))
 
 
@@ -717,6 +717,11 @@ def _tls_text(security: Security, tls: TlsSettings) -> str:
     return f"{security}, {checked}{extra}"
 
 
+def _server_text(host: str, port: int, security: Security, tls: TlsSettings) -> str:
+    address = f"[{host}]" if ":" in host else host
+    return f"{address}:{port}, {_tls_text(security, tls)}"
+
+
 def _login_text(username: str) -> str:
     return f"login {username}, password set" if username else "no AUTH"
 
@@ -724,7 +729,7 @@ def _login_text(username: str) -> str:
 def _describe_imap(imap: ImapConfig) -> list[str]:
     wait = f"IDLE renewed every {_num(imap.idle_timeout)} s" if imap.idle else "IDLE off"
     return [
-        f"imap:      {imap.host}:{imap.port} ({_tls_text(imap.security, imap.tls)})",
+        f"imap:      {_server_text(imap.host, imap.port, imap.security, imap.tls)}",
         f"           {_login_text(imap.username)}",
         f"           mailbox {_show(imap.mailbox)} -> {_show(imap.processed_mailbox)}, "
         f"quarantine {_show(imap.quarantine_mailbox)}",
@@ -734,7 +739,7 @@ def _describe_imap(imap: ImapConfig) -> list[str]:
 
 def _describe_smtp(smtp: SmtpConfig) -> list[str]:
     return [
-        f"smtp:      {smtp.host}:{smtp.port} ({_tls_text(smtp.security, smtp.tls)})",
+        f"smtp:      {_server_text(smtp.host, smtp.port, smtp.security, smtp.tls)}",
         f"           {_login_text(smtp.username)}",
         f"           from {smtp.from_address}, up to {smtp.max_attempts} attempts",
     ]

@@ -194,10 +194,18 @@ class ImapConnection:
     # -- mailbox operations -----------------------------------------------------
 
     async def ensure_mailbox(self, name: str) -> None:
-        response = await self.call(self.client.list('""', quote(name)), "LIST")
-        if not any(bytes(line).startswith(b"LIST ") for line in response.lines):
-            await self.command(self.client.create(quote(name)), f"CREATE {name}")
+        """CREATE the mailbox unless LIST shows it (aioimaplib strips "* LIST" from the lines)."""
+        listed = await self.command(self.client.list('""', quote(name)), "LIST")
+        if len(listed.lines) > 1:  # one line per mailbox found, then the OK text
+            return
+        created = await self.call(self.client.create(quote(name)), f"CREATE {name}")
+        text = b" ".join(bytes(x) for x in created.lines)
+        if created.result == "OK":
             log.info("created mailbox %s", name)
+        elif b"ALREADYEXISTS" not in text:  # another instance may have just created it
+            raise ImapUnavailable(
+                f"IMAP CREATE {name}: {created.result} {text.decode(errors='replace')}"
+            )
 
     async def select(self, mailbox: str) -> Selected:
         response = await self.command(self.client.select(quote(mailbox)), f"SELECT {mailbox}")

@@ -128,6 +128,11 @@ def _identifier() -> Any:
     return identifier
 
 
+def warm_up() -> None:
+    """Load the language model (about a second) before the first mail needs it."""
+    _identifier()
+
+
 def detect_language(text: str, default: str) -> str:
     """ "de" or "en" when the text says so with confidence, else the configured default."""
     sample = text[:2000]

@@ -1,0 +1,68 @@
+"""The daemon as sysadmins run it (`mailtick run`): IDLE wake-up, polling, server restarts, SIGTERM."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from harness import daemon_process, settings, wait_until, write_config
+from servers import Dovecot, ImapTestClient, SmtpSink, make_mail
+
+
+def _append_and_time_ack(client: ImapTestClient, sink: SmtpSink, n: int) -> float:
+    raw = make_mail(
+        from_addr=f"c{n}@customer.example",
+        subject=f"Server down {n}",
+        body="Our web server is down.",
+    )
+    before = len(sink.messages)
+    start = time.monotonic()
+    client.append(raw)
+    sink.wait_for(before + 1, timeout=15)
+    return time.monotonic() - start
+
+
+def test_idle_wakes_the_daemon_within_a_second(
+    dovecot: Dovecot, imap_client: ImapTestClient, smtp_sink: SmtpSink, tmp_path: Path
+) -> None:
+    config = write_config(
+        tmp_path / "config.toml", settings(dovecot, smtp_sink, f"sqlite:///{tmp_path}/t.db")
+    )
+    with daemon_process(config, tmp_path / "daemon.log") as proc:
+        delays = sorted(_append_and_time_ack(imap_client, smtp_sink, n) for n in range(5))
+        assert delays[2] < 1.0, delays  # the median; polling would take poll_interval (30 s)
+        assert dovecot.used_command("IDLE")
+        wait_until(lambda: imap_client.count("Processed") == 5, 5)
+    assert proc.returncode == 0  # SIGTERM is a clean stop
+    assert "mailtick stopped" in (tmp_path / "daemon.log").read_text()
+
+
+def test_polling_when_the_server_has_no_idle(
+    dovecot_factory: Callable[..., Dovecot], smtp_sink: SmtpSink, tmp_path: Path
+) -> None:
+    server = dovecot_factory(idle=False)
+    data = settings(server, smtp_sink, f"sqlite:///{tmp_path}/t.db", imap={"poll_interval": 0.5})
+    config = write_config(tmp_path / "config.toml", data)
+    with server.client() as client, daemon_process(config, tmp_path / "daemon.log"):
+        assert _append_and_time_ack(client, smtp_sink, 1) < 5
+    assert not server.used_command("IDLE")
+    assert "polling every 0.5s" in (tmp_path / "daemon.log").read_text()
+
+
+def test_imap_server_restarted_under_the_daemon(
+    dovecot: Dovecot, imap_client: ImapTestClient, smtp_sink: SmtpSink, tmp_path: Path
+) -> None:
+    config = write_config(
+        tmp_path / "config.toml", settings(dovecot, smtp_sink, f"sqlite:///{tmp_path}/t.db")
+    )
+    log = tmp_path / "daemon.log"
+    with daemon_process(config, log):
+        _append_and_time_ack(imap_client, smtp_sink, 1)
+        dovecot.stop(graceful=False)  # the server vanishes mid-IDLE
+        wait_until(lambda: "reconnecting" in log.read_text(), 15)
+        dovecot.start()
+        with dovecot.client() as client:
+            assert _append_and_time_ack(client, smtp_sink, 2) < 10
+            wait_until(lambda: client.count("Processed") == 2, 5)
+    assert len(smtp_sink.messages) == 2
