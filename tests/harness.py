@@ -86,7 +86,9 @@ def _toml(value: Any) -> str:
     return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def mailtick(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def mailtick(
+    *args: str, timeout: float = 60, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     """Run the console script as a user would."""
     return subprocess.run(
         [sys.executable, "-m", "mailtick", *args],
@@ -94,6 +96,7 @@ def mailtick(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str
         text=True,
         timeout=timeout,
         cwd=REPO,
+        env=os.environ if env is None else env,
     )
 
 

@@ -1,4 +1,4 @@
-"""The daemon as sysadmins run it (`mailtick run`): IDLE wake-up, polling, server restarts, SIGTERM."""
+"""The daemon as sysadmins run it (`mailtick run`): IDLE, polling, IMAP restarts, SIGTERM."""
 
 from __future__ import annotations
 

@@ -90,7 +90,7 @@ def _date(value: Any) -> Any:
 
 def _text(parsed: Any) -> str:
     plain: list[str] = parsed.text_plain
-    if plain:
+    if "".join(plain).strip():  # an empty text part beside the HTML one says nothing
         return "\n".join(plain).replace("\r\n", "\n")
     html: list[str] = parsed.text_html
     if html:
