@@ -262,9 +262,16 @@ class ImapConnection:
         stopper = asyncio.ensure_future(stop.wait())
         try:
             push = asyncio.ensure_future(client.wait_server_push(timeout=timeout + 5))
+            waiters: set[asyncio.Future[Any]] = {push, stopper}
+            if self._lost is not None:
+                waiters.add(self._lost)  # a server that hangs up never answers the IDLE
             done, _ = await asyncio.wait(
-                {push, stopper}, timeout=timeout + 10, return_when=asyncio.FIRST_COMPLETED
+                waiters, timeout=timeout + 10, return_when=asyncio.FIRST_COMPLETED
             )
+            if self._lost is not None and self._lost.done():
+                push.cancel()
+                idle_task.cancel()
+                raise ImapUnavailable("IMAP IDLE: connection lost")
             news = (
                 push in done
                 and not push.exception()
