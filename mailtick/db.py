@@ -110,6 +110,7 @@ class Outbox(Row):
     attempts = pw.IntegerField(default=0)
     next_attempt_at = pw.DateTimeField(default=utcnow, index=True)
     claimed_until = pw.DateTimeField(null=True)  # a sender's lease; guards several instances
+    claim_token = pw.CharField(max_length=32, null=True, index=True)  # whose lease
     last_error = pw.TextField(default="")
     created_at = pw.DateTimeField(default=utcnow)
     sent_at = pw.DateTimeField(null=True)

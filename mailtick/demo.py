@@ -1,4 +1,4 @@
-"""`mailtick demo`: the real daemon plays a scripted conversation on embedded IMAP + SMTP servers."""
+"""`mailtick demo`: the real daemon plays a scripted conversation on embedded IMAP/SMTP servers."""
 
 from __future__ import annotations
 
@@ -50,7 +50,7 @@ PREFIX = "MT"
 WAIT_SECONDS = 15.0  # longest wait for any one expectation
 STOP_SECONDS = 40.0  # the daemon itself gives its stages 30 s to finish
 LANGUAGE_NAMES = {"de": "German", "en": "English"}
-LOGGERS = {"mailtick": None, "pymap": logging.WARNING, "mail.log": logging.INFO}
+LOGGERS = {"mailtick": None, "pymap": logging.WARNING, "mail.log": logging.WARNING}
 
 
 class DemoFailed(Exception):
@@ -85,10 +85,14 @@ class Printer:
 
     def heading(self, text: str) -> None:
         self.line()
-        self.line(self.paint(text, "head"))
+        self.line(self.paint(f"== {text}", "head"))
+
+    def block(self, text: str) -> None:
+        self.line(textwrap.indent(textwrap.dedent(text), "  "))
 
     def event(self, label: str, head: str, details: Sequence[str]) -> None:
-        self.line(f"{self.paint(self.offset(), 'dim')}  {self.paint(f'{label:<5}', label)}  {head}")
+        tag = self.paint(f"{label.upper():<5}", label)
+        self.line(f"{self.paint(self.offset(), 'dim')}  {tag}  {head}")
         for detail in details:
             self.line(f"{_INDENT}{detail}")
 
@@ -190,16 +194,17 @@ class ImapServer:
 async def append_to_inbox(port: int, user: str, password: str, raw: bytes) -> None:
     """Deliver a mail as an MTA's local delivery would: LOGIN, APPEND to INBOX, LOGOUT."""
     client = aioimaplib.IMAP4(host=HOST, port=port, timeout=10)
+
+    async def ok(step: Awaitable[Any], what: str) -> None:
+        response = await asyncio.wait_for(step, 10)
+        if response.result != "OK":
+            raise DemoFailed(f"IMAP {what} on the demo server: {response.result} {response.lines}")
+
     try:
         await asyncio.wait_for(client.wait_hello_from_server(), 10)
-        for what, step in (
-            ("LOGIN", client.login(user, password)),
-            ("APPEND", client.append(raw, mailbox="INBOX")),
-        ):
-            response = await asyncio.wait_for(step, 10)
-            if response.result != "OK":
-                raise DemoFailed(f"IMAP {what} into the demo mailbox: {response.result}")
-        await asyncio.wait_for(client.logout(), 10)
+        await ok(client.login(user, password), "LOGIN")
+        await ok(client.append(raw, mailbox="INBOX"), "APPEND")
+        await ok(client.logout(), "LOGOUT")
     except (OSError, TimeoutError, aioimaplib.AioImapException) as exc:
         raise DemoFailed(f"cannot deliver to the demo IMAP server: {exc!r}") from exc
     finally:
@@ -251,7 +256,7 @@ class SmtpSink:
                 await asyncio.wait_for(self._server.wait_closed(), 5)
             self._server = None
 
-    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:  # noqa: N802
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         raw = envelope.original_content or b""
         mail = Delivered(
             at=time.monotonic() - self.printer.started,
@@ -413,7 +418,9 @@ def acknowledged(customer: Customer) -> Expectation:
         number = check_ack(ack, customer)
         detail = await demo.ticket(number)
         if detail is None or detail["requester"] != customer.addr:
-            raise DemoFailed(f"the ack names {PREFIX}#{number}, but no such ticket of theirs exists")
+            raise DemoFailed(f"the ack names {PREFIX}#{number}, but they have no such ticket")
+        if detail["language"] != customer.language:
+            raise DemoFailed(f"{PREFIX}#{number} got language {detail['language']!r}")
         demo.acks[customer.key], demo.numbers[customer.key] = ack, number
         language = LANGUAGE_NAMES[customer.language]
         return f"new ticket {PREFIX}#{number}, acknowledged from {SUPPORT} in {language}"
@@ -425,13 +432,14 @@ def check_ack(ack: Delivered, customer: Customer) -> str:
     """The ticket number an acknowledgement names; DemoFailed if it is not a proper one."""
     subject = str(ack.message["Subject"])
     found = re.search(rf"\[{PREFIX}#(\d+)\]", subject)
+    language = ack.message["Content-Language"]  # optional header; checked when present
     problems = [
         f"envelope sender {ack.mail_from!r}" if ack.mail_from != SUPPORT else "",
         f"From: {ack.message['From']}" if parseaddr(str(ack.message["From"]))[1] != SUPPORT else "",
         f"no [{PREFIX}#...] in subject {subject!r}" if found is None else "",
         "ticket number missing from the body" if found and found[1] not in ack.text else "",
-        f"Content-Language {ack.message['Content-Language']}, expected {customer.language}"
-        if ack.message["Content-Language"] != customer.language
+        f"Content-Language {language}, expected {customer.language}"
+        if language is not None and language != customer.language
         else "",
     ]
     if found is None or any(problems):
@@ -453,6 +461,8 @@ def threaded(customer: Customer, messages: int) -> Expectation:
         tickets = await demo.query(list_tickets, demo.daemon.store.db)
         if len(tickets) != len(demo.numbers) or demo.new_mail_to(customer) is not None:
             raise DemoFailed(f"a new ticket or acknowledgement instead of threading into {number}")
+        if detail["messages"] != messages:
+            raise DemoFailed(f"{PREFIX}#{number} holds {detail['messages']} messages")
         rule = detail["thread"][-1]["thread_rule"]
         return f"threaded into {PREFIX}#{number} by {rule}: {messages} messages, no new ack"
 
@@ -519,7 +529,7 @@ class Demo:
         if not task.done():
             return
         error = None if task.cancelled() else task.exception()
-        raise DemoFailed(f"the daemon stopped: {error!r}" if error else "the daemon was stopped")
+        raise DemoFailed(f"the daemon died: {error!r}" if error else "the daemon was stopped")
 
     async def wait_until(self, probe: Callable[[], Awaitable[T | None]], what: str) -> T:
         """Poll `probe` until it returns something; DemoFailed after `wait_seconds`."""
@@ -532,6 +542,13 @@ class Demo:
             if time.monotonic() >= deadline:
                 raise DemoFailed(f"waited {self.wait_seconds:g} s for {what}: nothing came")
             await asyncio.sleep(0.05)
+
+
+@dataclass(frozen=True)
+class Plan:
+    steps: Sequence[Step] = SCRIPT
+    wait_seconds: float = WAIT_SECONDS  # per expectation
+    keep_running: bool = False  # after the script, serve until SIGINT/SIGTERM
 
 
 @dataclass
@@ -628,12 +645,21 @@ async def daemon_running(config: Config) -> AsyncIterator[tuple[Daemon, asyncio.
     try:
         yield daemon, task
     finally:
-        daemon.request_stop("demo over")
-        done, _ = await asyncio.wait([task], timeout=STOP_SECONDS)
-        if not done:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        crash = await stop_daemon(daemon, task)
+    if crash is not None:  # reached only when the demo itself went well
+        raise DemoFailed(f"the daemon failed: {crash!r}")
+
+
+async def stop_daemon(daemon: Daemon, task: asyncio.Task[None]) -> BaseException | None:
+    """Ask the daemon to stop and wait for it; what it died of, if anything."""
+    daemon.request_stop("demo over")
+    done, _ = await asyncio.wait([task], timeout=STOP_SECONDS)
+    if not done:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        return TimeoutError(f"still running {STOP_SECONDS:g} s after request_stop()")
+    return None if task.cancelled() else task.exception()
 
 
 async def play_script(demo: Demo, steps: Sequence[Step], result: DemoResult) -> None:
@@ -671,8 +697,8 @@ async def show_tickets(demo: Demo, result: DemoResult) -> None:
 
 def real_mailbox_help(printer: Printer) -> None:
     printer.heading("Point mailtick at your real mailbox")
-    printer.line(
-        textwrap.dedent(f"""\
+    printer.block(
+        f"""\
           1. Copy the documented example config.toml from the mailtick sources:
                cp config.toml /etc/mailtick/config.toml
              and set imap.host/username, smtp.host/from_address and database.url.
@@ -681,7 +707,7 @@ def real_mailbox_help(printer: Printer) -> None:
           3. Check it, including a real login to both servers:
                mailtick check-config --connect -c /etc/mailtick/config.toml
           4. Run it (or install it as a systemd service):
-               mailtick run -c /etc/mailtick/config.toml""")
+               mailtick run -c /etc/mailtick/config.toml"""
     )
 
 
@@ -689,8 +715,8 @@ def keep_running_help(printer: Printer, demo: Demo, root: Path) -> None:
     imap, smtp = demo.imap, demo.smtp
     config, env = root / "config.toml", f"{PASSWORD_ENV}='{imap.password}'"
     printer.heading("Still running. Send mail to it; Ctrl-C stops everything")
-    printer.line(
-        textwrap.dedent(f"""\
+    printer.block(
+        f"""\
           SMTP  {HOST}:{smtp.port}, no TLS, no AUTH. Mail to {SUPPORT} lands in the INBOX,
                 mail to anyone else (mailtick's answers) is only recorded and shown here:
                   swaks --server {HOST}:{smtp.port} --from you@example.org --to {SUPPORT} \\
@@ -699,7 +725,7 @@ def keep_running_help(printer: Printer, demo: Demo, root: Path) -> None:
                 (INBOX, Processed, Quarantine; any mail client will do)
           CLI   {env} mailtick tickets -c {config}
                 {env} mailtick show -c {config} {PREFIX}#<number>
-          log   {root / "mailtick.log"}""")
+          log   {root / "mailtick.log"}"""
     )
 
 
@@ -712,13 +738,14 @@ async def play(
     wait_seconds: float = WAIT_SECONDS,
 ) -> DemoResult:
     """Run the demo; the result says what happened (failure is None on success)."""
+    plan = Plan(steps, wait_seconds, keep_running)
     printer = Printer(out or sys.stdout, wants_color(out or sys.stdout))
     result = DemoResult()
     with tempfile.TemporaryDirectory(prefix="mailtick-demo-") as tmp:
         root = Path(tmp)
         try:
             with logging_to(root / "mailtick.log", "INFO"):
-                await run_in(root, printer, result, keep_running, steps, wait_seconds)
+                await run_in(root, printer, plan, result)
         except DemoFailed as exc:
             result.failure = str(exc)
             report_failure(err or sys.stderr, result.failure, root / "mailtick.log")
@@ -729,16 +756,12 @@ async def play(
     return result
 
 
-async def run_in(
-    root: Path,
-    printer: Printer,
-    result: DemoResult,
-    keep_running: bool,
-    steps: Sequence[Step],
-    wait_seconds: float,
-) -> None:
+async def run_in(root: Path, printer: Printer, plan: Plan, result: DemoResult) -> None:
+    """Servers up, config written, daemon started, script played; all stopped on the way out."""
     password = secrets.token_urlsafe(12)
-    printer.line(printer.paint("mailtick demo: the real daemon, real IMAP and SMTP, on " + HOST, "head"))
+    printer.line(
+        printer.paint(f"mailtick demo: the real daemon, real IMAP and SMTP on {HOST}", "head")
+    )
     async with servers(printer, password) as (imap, smtp):
         path = root / "config.toml"
         path.write_text(config_text(imap.port, smtp.port), encoding="utf-8")
@@ -746,11 +769,11 @@ async def run_in(
         announce(printer, imap, smtp, root)
         try:
             async with daemon_running(config) as (daemon, task):
-                demo = Demo(printer, imap, smtp, daemon, task, wait_seconds)
-                await play_script(demo, steps, result)
+                demo = Demo(printer, imap, smtp, daemon, task, plan.wait_seconds)
+                await play_script(demo, plan.steps, result)
                 await show_tickets(demo, result)
                 real_mailbox_help(printer)
-                if keep_running:
+                if plan.keep_running:
                     keep_running_help(printer, demo, root)
                     await asyncio.wait([task])  # the daemon's SIGINT/SIGTERM handler ends it
                     printer.line()
@@ -760,13 +783,13 @@ async def run_in(
 
 def announce(printer: Printer, imap: ImapServer, smtp: SmtpSink, root: Path) -> None:
     offered = [cap for cap in ("IDLE", "MOVE") if cap in imap.capabilities]
-    printer.line(
-        textwrap.dedent(f"""\
-          IMAP    {HOST}:{imap.port}  pymap, in memory; {SUPPORT} with an empty INBOX; \
-        offers {" and ".join(offered) or "neither IDLE nor MOVE"}
+    offers = f"offers {' and '.join(offered)}" if offered else "offers neither IDLE nor MOVE"
+    printer.block(
+        f"""\
+          IMAP    {HOST}:{imap.port}  pymap, in memory: {SUPPORT}, empty INBOX, {offers}
           SMTP    {HOST}:{smtp.port}  aiosmtpd; prints every mail it is given
           daemon  mailtick run -c {root / "config.toml"}  (a task in this process)
-          files   {root}  (config, SQLite database, mailtick.log; removed at the end)""")
+          files   {root}  (config, SQLite database, mailtick.log; removed at the end)"""
     )
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -50,44 +51,42 @@ class SendCounts:
 
 
 def claim_due(db: pw.Database, now: datetime, limit: int = BATCH) -> list[Queued]:
-    """Lease up to `limit` due rows to this sender; rows leased by another are skipped."""
-    due = (
-        Outbox.select(Outbox.id)
-        .where(
-            (Outbox.status == "pending")
-            & (Outbox.next_attempt_at <= now)
-            & (Outbox.claimed_until.is_null() | (Outbox.claimed_until < now))
-        )
+    """Lease up to `limit` due rows to this sender in one transaction. The UPDATE re-checks
+    the lease, so a row another instance leased in the meantime is not taken twice."""
+    token = uuid.uuid4().hex
+    free = (Outbox.status == "pending") & (
+        Outbox.claimed_until.is_null() | (Outbox.claimed_until < now)
+    )
+    with write_transaction(db):
+        due = [
+            row.id
+            for row in Outbox.select(Outbox.id)
+            .where(free & (Outbox.next_attempt_at <= now))
+            .order_by(Outbox.next_attempt_at, Outbox.id)
+            .limit(limit)
+        ]
+        if not due:
+            return []
+        Outbox.update(claimed_until=now + LEASE, claim_token=token).where(
+            free & Outbox.id.in_(due)
+        ).execute()
+    rows = (
+        Outbox.select(Outbox, Message)
+        .join(Message)
+        .where(Outbox.claim_token == token)
         .order_by(Outbox.next_attempt_at, Outbox.id)
-        .limit(limit)
     )
-    claimed: list[Queued] = []
-    for row_id in [row.id for row in due]:
-        with write_transaction(db):
-            taken = (
-                Outbox.update(claimed_until=now + LEASE)
-                .where(
-                    (Outbox.id == row_id)
-                    & (Outbox.status == "pending")
-                    & (Outbox.claimed_until.is_null() | (Outbox.claimed_until < now))
-                )
-                .execute()
-            )
-            if taken:
-                claimed.append(_queued(row_id))
-    return claimed
-
-
-def _queued(row_id: int) -> Queued:
-    row = Outbox.select(Outbox, Message).join(Message).where(Outbox.id == row_id).get()
-    return Queued(
-        id=row.id,
-        message_id=row.message.message_id,
-        mail_from=row.mail_from,
-        rcpt_to=tuple(a for a in row.rcpt_to.split(",") if a),
-        raw=bytes(row.message.data),
-        attempts=row.attempts,
-    )
+    return [
+        Queued(
+            id=row.id,
+            message_id=row.message.message_id,
+            mail_from=row.mail_from,
+            rcpt_to=tuple(a for a in row.rcpt_to.split(",") if a),
+            raw=bytes(row.message.data),
+            attempts=row.attempts,
+        )
+        for row in rows
+    ]
 
 
 def mark_sent(db: pw.Database, row_id: int, note: str = "") -> None:
