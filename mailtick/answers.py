@@ -25,6 +25,7 @@ LANGUAGES = ("de", "en")
 class OutgoingMail:
     message_id: str
     mail_from: str  # envelope sender
+    from_name: str  # display name of the From header
     rcpt_to: tuple[str, ...]
     subject: str
     text: str
@@ -89,11 +90,12 @@ class Composer:
         msg["Auto-Submitted"] = auto
         msg["X-Auto-Response-Suppress"] = "All"
         msg[LOOP_HEADER] = f"{self.sender.addr_spec} {reply.number}"
-        msg["Content-Language"] = language
         msg.set_content(body)
+        msg["Content-Language"] = language  # after set_content, which drops Content-* headers
         return OutgoingMail(
             message_id=message_id,
             mail_from=self.sender.addr_spec,
+            from_name=self.sender.display_name,
             rcpt_to=(reply.to_addr,),
             subject=subject,
             text=body,

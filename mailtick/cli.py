@@ -187,11 +187,16 @@ def render_ticket(t: dict[str, Any], prefix: str) -> str:
         lines.append(f"  {e['at']}  [{e['kind']}] {e['detail']}")
     for m in t["thread"]:
         arrow = "<-" if m["direction"] == "in" else "->"
-        how = f"threaded by {m['thread_rule']}" if m["direction"] == "in" else m["kind"]
+        if m["direction"] == "in":
+            rule = m["thread_rule"]
+            how = f"{m['kind']}, " + (
+                "opened the ticket" if rule == "new" else f"threaded by {rule}"
+            )
+        else:
+            how = "acknowledgement" if m["kind"] == "ack" else m["kind"]
+        name = f"{m['author_name']} " if m["author_name"] else ""
         lines.append("")
-        lines.append(
-            f"  {arrow} {m['at']}  {m['author_name'] or ''} <{m['author']}>  ({how}, {m['kind']})"
-        )
+        lines.append(f"  {arrow} {m['at']}  {name}<{m['author']}>  ({how})")
         lines.append(f"     Subject: {m['subject']}")
         if "delivery" in m:
             d = m["delivery"]

@@ -160,7 +160,10 @@ MIGRATIONS: tuple[tuple[int, Callable[[pw.Database], None]], ...] = ((1, _v1),)
 
 
 def open_database(url: str) -> pw.Database:
-    """Open the database named by `url`, bind the models and bring the schema up to date."""
+    """Open the database named by `url`, bind the models and bring the schema up to date.
+
+    The models are bound to the returned Database for the whole process: open one
+    database per process (the daemon's Store does), not a second one beside it."""
     db = _connect(url)
     db.bind(MODELS)
     db.connect(reuse_if_open=True)

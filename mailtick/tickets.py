@@ -202,6 +202,7 @@ def queue_mail(ticket: Ticket, out: OutgoingMail, kind: str, now: datetime) -> O
         direction="out",
         kind=kind,
         author_addr=out.mail_from,
+        author_name=out.from_name,
         subject=out.subject,
         text=out.text,
         data=out.raw,

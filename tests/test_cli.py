@@ -77,6 +77,6 @@ def test_run_once_then_tickets_and_show(
     assert ack["kind"] == "ack" and ack["delivery"]["status"] == "sent"
 
     text = mailtick("show", number, "-c", str(config)).stdout
-    assert f"MT#{number}  VPN down" in text and "threaded by new" in text
+    assert f"MT#{number}  VPN down" in text and "opened the ticket" in text
     missing = mailtick("show", "99999", "-c", str(config))
     assert missing.returncode == 1 and "no ticket" in missing.stderr

@@ -68,6 +68,7 @@ def test_new_mail_becomes_ticket_with_german_acknowledgement(
     assert header["In-Reply-To"] == incoming.message_id
     assert incoming.message_id in header["References"]
     assert header["Auto-Submitted"] == "auto-replied"
+    assert header["Content-Language"] == "de"
     assert Message.get(Message.direction == "out").message_id == header["Message-ID"]
     body = header.get_content()
     assert ticket.number in body and "Ticket" in body and "Guten Tag" in body
