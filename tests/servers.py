@@ -35,7 +35,6 @@ import subprocess
 import tempfile
 import threading
 import time
-import weakref
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -58,7 +57,7 @@ OPENSSL_BINARY = "openssl"
 # 2.3.19) plus the two it appends at run time (LITERAL+, NOTIFY). Setting `imap_capability`
 # REPLACES the whole list (no "-IDLE" syntax exists), so idle=False / move=False write this list
 # minus the dropped word. Dovecot still *executes* IDLE / MOVE when a client sends them anyway;
-# use `Dovecot.commands()` to assert that a client did not send them.
+# use `Dovecot.used_command()` to assert that a client did not send them.
 DOVECOT_CAPABILITIES = (
     "IMAP4rev1 SASL-IR LOGIN-REFERRALS ID ENABLE IDLE SORT SORT=DISPLAY THREAD=REFERENCES "
     "THREAD=REFS THREAD=ORDEREDSUBJECT MULTIAPPEND URL-PARTIAL CATENATE UNSELECT CHILDREN "
@@ -68,7 +67,7 @@ DOVECOT_CAPABILITIES = (
 )
 
 _START_TIMEOUT = 10.0
-_STOP_TIMEOUT = 10.0
+_GRACEFUL_STOP_WAIT = 2.0
 
 
 def free_port(host: str = HOST) -> int:
@@ -113,14 +112,14 @@ def _tail(path: Path, lines: int = 40) -> str:
 # Dovecot
 # --------------------------------------------------------------------------------------------
 
-_running_dovecots: weakref.WeakSet[Dovecot] = weakref.WeakSet()
+_running_dovecots: set[Dovecot] = set()
 
 
 @atexit.register
-def _kill_leftover_dovecots() -> None:
+def _close_leftover_dovecots() -> None:
     """Last line of defence: an interpreter that exits (even on Ctrl-C) takes its Dovecots along."""
     for server in list(_running_dovecots):
-        server.stop(graceful=False)
+        server.close()
 
 
 class Dovecot:
@@ -157,18 +156,22 @@ class Dovecot:
         self.host = HOST
         self.port = free_port()
         self.tls_port = free_port()
-        self.root = Path(tempfile.mkdtemp(prefix="mailtick-dovecot-"))
         self._mail_user = _system_user("dovecot")
         self._login_user = _system_user("dovenull")
-        # The mail processes (uid dovecot) must be able to walk into the temp dir.
-        self.root.chmod(0o711)
-        self.mail_dir.mkdir()
-        os.chown(self.mail_dir, self._mail_user.pw_uid, self._mail_user.pw_gid)
-        self.cert_path, self.key_path = make_self_signed_cert(self.root)
         self._users: dict[str, str] = {}
         self._process: subprocess.Popen[bytes] | None = None
-        for name, password in (users or {DEFAULT_USER: DEFAULT_PASSWORD}).items():
-            self.add_user(name, password)
+        self.root = Path(tempfile.mkdtemp(prefix="mailtick-dovecot-"))
+        try:
+            # The mail processes (uid dovecot) must be able to walk into the temp dir.
+            self.root.chmod(0o711)
+            self.mail_dir.mkdir()
+            os.chown(self.mail_dir, self._mail_user.pw_uid, self._mail_user.pw_gid)
+            self.cert_path, self.key_path = make_self_signed_cert(self.root)
+            for name, password in (users or {DEFAULT_USER: DEFAULT_PASSWORD}).items():
+                self.add_user(name, password)
+        except BaseException:
+            shutil.rmtree(self.root, ignore_errors=True)
+            raise
 
     # -- paths -----------------------------------------------------------------------------
 
@@ -218,6 +221,9 @@ class Dovecot:
         """Start Dovecot and wait until both ports greet (at most ~10 s, else RuntimeError)."""
         if self.running:
             raise RuntimeError("Dovecot is already running")
+        # state_dir only holds Dovecot's instance registry. A master killed while rewriting it
+        # leaves a stale instances.lock, and the next master would wait on it for minutes.
+        shutil.rmtree(self.root / "state", ignore_errors=True)
         self.config_path.write_text(self._config())
         with self.stderr_path.open("ab") as out:
             self._process = subprocess.Popen(
@@ -237,18 +243,25 @@ class Dovecot:
     def stop(self, graceful: bool = True) -> None:
         """Stop Dovecot and every process it started. Idempotent.
 
-        graceful=True sends SIGTERM, as an admin would; Dovecot's master then takes ~1.1 s
-        (it sleeps 1 s to let its log process flush). graceful=False SIGKILLs the whole process
-        group at once (~10 ms; a crash as far as clients can tell). Either way nothing of it
-        is left running afterwards."""
+        graceful=True: SIGTERM to all Dovecot processes, like a machine shutting down; every
+        open IMAP session gets "* BYE Server shutting down." and is closed (~10-50 ms).
+        (SIGTERM to the master alone is no good: open sessions outlive the master, and the
+        master itself needs 1-6 s.)
+        graceful=False: SIGKILL to all of them (~10 ms); clients just see the connection drop,
+        as after a crash. Either way nothing of this Dovecot is left running afterwards."""
         process = self._process
         if process is None:
             return
         if graceful and process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                process.wait(_STOP_TIMEOUT)  # on timeout: SIGKILL below
-        _kill_process_group(process.pid)
+            _signal_group(process.pid, signal.SIGTERM)
+            # Wait until the IMAP session processes have said BYE and exited. The master (and
+            # an idle imap-login) would linger in their own shutdown for 1-6 s for nothing.
+            deadline = time.monotonic() + _GRACEFUL_STOP_WAIT
+            while process.poll() is None and time.monotonic() < deadline:
+                if not _imap_sessions_in_group(process.pid):
+                    break
+                time.sleep(0.01)
+        _signal_group(process.pid, signal.SIGKILL)
         process.wait()
         _wait_group_gone(process.pid)
         self._process = None
@@ -475,9 +488,9 @@ def _system_user(name: str) -> pwd.struct_passwd:
         ) from None
 
 
-def _kill_process_group(pgid: int) -> None:
+def _signal_group(pgid: int, signal_number: int) -> None:
     with contextlib.suppress(ProcessLookupError):
-        os.killpg(pgid, signal.SIGKILL)
+        os.killpg(pgid, signal_number)
 
 
 def _wait_group_gone(pgid: int, timeout: float = 5.0) -> None:
@@ -487,24 +500,35 @@ def _wait_group_gone(pgid: int, timeout: float = 5.0) -> None:
     while _alive_in_group(pgid):
         if time.monotonic() > deadline:
             raise RuntimeError(f"group {pgid} survived SIGKILL: pids {_alive_in_group(pgid)}")
-        _kill_process_group(pgid)
+        _signal_group(pgid, signal.SIGKILL)
         time.sleep(0.01)
 
 
 def _alive_in_group(pgid: int) -> list[int]:
-    alive = []
+    return sorted(_group_processes(pgid))
+
+
+def _imap_sessions_in_group(pgid: int) -> list[int]:
+    """Post-login IMAP processes; their title is "dovecot-<instance_name>/imap"."""
+    return [pid for pid, title in _group_processes(pgid).items() if title.endswith("/imap")]
+
+
+def _group_processes(pgid: int) -> dict[int, str]:
+    """Live (not zombie) processes of process group `pgid`: pid -> process title."""
+    found = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
             stat = Path(f"/proc/{entry}/stat").read_text()
+            title = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")[0].decode()
         except OSError:
             continue  # exited meanwhile
         # Format: "pid (comm) state ppid pgrp ..."; comm may contain spaces and parentheses.
         fields = stat[stat.rindex(")") + 2 :].split()
         if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
-            alive.append(int(entry))
-    return alive
+            found[int(entry)] = title
+    return found
 
 
 # --------------------------------------------------------------------------------------------
