@@ -66,3 +66,18 @@ def test_imap_server_restarted_under_the_daemon(
             assert _append_and_time_ack(client, smtp_sink, 2) < 10
             wait_until(lambda: client.count("Processed") == 2, 5)
     assert len(smtp_sink.messages) == 2
+
+
+def test_mail_arriving_during_a_catch_up_is_not_left_until_the_idle_timeout(
+    dovecot: Dovecot, imap_client: ImapTestClient, smtp_sink: SmtpSink, tmp_path: Path
+) -> None:
+    backlog = [make_mail(subject=f"Backlog {n}", body="Please call me back.") for n in range(300)]
+    imap_client.append_many(backlog)
+    data = settings(dovecot, smtp_sink, f"sqlite:///{tmp_path}/t.db", imap={"idle_timeout": 600})
+    config = write_config(tmp_path / "config.toml", data)
+    with daemon_process(config, tmp_path / "daemon.log"):
+        smtp_sink.wait_for(1, timeout=20)  # the catch-up is under way
+        imap_client.append(make_mail(subject="Late arrival", body="Our shop is offline."))
+        smtp_sink.wait_for(301, timeout=20)  # not after the 600 s IDLE timeout
+    subjects = [m.message["Subject"] for m in smtp_sink.messages]
+    assert any(s.endswith("Late arrival") for s in subjects)

@@ -31,6 +31,7 @@ T = TypeVar("T")
 
 _UIDVALIDITY = re.compile(rb"\[UIDVALIDITY (\d+)\]")
 _EXISTS = re.compile(rb"^(\d+) EXISTS")
+_UNTAGGED_EXISTS = re.compile(rb"^\* \d+ EXISTS")
 _FETCH_HEAD = re.compile(rb"^\d+ FETCH \(")
 _FETCH_UID = re.compile(rb"UID (\d+)")
 _LITERAL = re.compile(rb"\{(\d+)\}$")
@@ -96,6 +97,7 @@ class ImapConnection:
         self.config = config
         self._client: aioimaplib.IMAP4 | None = None
         self._lost: asyncio.Future[None] | None = None
+        self.news = False  # the server announced new mail (EXISTS) since this was cleared
 
     # -- plumbing --------------------------------------------------------------
 
@@ -150,11 +152,26 @@ class ImapConnection:
             conn_lost_cb=self._connection_lost,
             ssl_context=context,
         )
+        self._watch_exists()
         await self.call(self.client.wait_hello_from_server(), "connect")
         if cfg.security == "starttls":
             await self._starttls()
         await self.command(self.client.login(cfg.username, cfg.password), "LOGIN")
         await self.call(self.client.protocol.capability(), "CAPABILITY")
+
+    def _watch_exists(self) -> None:
+        """Note every untagged EXISTS. aioimaplib drops one that arrives during an
+        asynchronous command (FETCH, UID, SEARCH) when no NOOP is pending, so a mail
+        delivered mid-catch-up would otherwise wait for the next IDLE timeout."""
+        protocol = self.client.protocol
+        original = protocol._untagged_response
+
+        def spy(line: bytes) -> Any:
+            if _UNTAGGED_EXISTS.match(line):
+                self.news = True
+            return original(line)
+
+        protocol._untagged_response = spy
 
     async def _starttls(self) -> None:
         protocol = self.client.protocol

@@ -130,6 +130,8 @@ class Watcher:
                 self.backoff.reset()
                 if counts.retry:
                     await self._pause(stop, self.backoff.next_delay())
+                elif counts.fetched or conn.news:
+                    continue  # mail may have come in meanwhile: look again before waiting
                 elif use_idle:
                     await conn.idle(self.config.idle_timeout, stop)
                 else:
@@ -149,6 +151,7 @@ class Watcher:
     async def catch_up(self, conn: ImapConnection) -> Counts:
         """Fetch everything above the cursor in batches and hand each mail to the pipeline."""
         selected = await conn.select(self.config.mailbox)
+        conn.news = False  # what arrives from now on is announced or found by the search
         last_uid = await self.store.run(load_cursor, self.store.db, selected)
         counts = Counts()
         if selected.exists == 0:
