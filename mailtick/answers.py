@@ -6,12 +6,15 @@ Values taken from incoming mail reach headers only through `email.headerregistry
 
 from __future__ import annotations
 
+import email.charset
 import email.policy
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from email.header import Header
 from email.headerregistry import Address
-from email.message import EmailMessage
-from email.utils import format_datetime, make_msgid, parseaddr
+from email.message import Message
+from email.utils import format_datetime, formataddr, make_msgid, parseaddr
 
 import jinja2
 
@@ -19,6 +22,7 @@ from mailtick.ingest.classify import LOOP_HEADER
 from mailtick.threading.subject import normalise, tag
 
 LANGUAGES = ("de", "en")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 @dataclass(frozen=True)
@@ -76,22 +80,25 @@ class Composer:
         return self._envelope(reply, body, language, auto_submitted)
 
     def _envelope(self, reply: Reply, body: str, language: str, auto: str) -> OutgoingMail:
-        msg = EmailMessage(policy=email.policy.SMTP)
         message_id = make_msgid(idstring=f"{self.prefix}{reply.number}", domain=self.sender.domain)
         subject = f"{tag(self.prefix, reply.number)} {normalise(reply.title, self.prefix)}"
-        msg["From"] = self.sender
-        msg["To"] = safe_address(reply.to_addr, reply.to_name)
-        msg["Subject"] = subject
-        msg["Date"] = format_datetime(datetime.now(UTC), usegmt=True)
-        msg["Message-ID"] = message_id
+        headers: list[tuple[str, str | Header]] = [
+            ("From", address_header(self.sender.addr_spec, self.sender.display_name)),
+            ("To", address_header(reply.to_addr, reply.to_name)),
+            ("Subject", text_header(subject)),
+            ("Date", format_datetime(datetime.now(UTC), usegmt=True)),
+            ("Message-ID", message_id),
+        ]
         if reply.in_reply_to:
-            msg["In-Reply-To"] = reply.in_reply_to
-            msg["References"] = " ".join((*reply.references[-10:], reply.in_reply_to))
-        msg["Auto-Submitted"] = auto
-        msg["X-Auto-Response-Suppress"] = "All"
-        msg[LOOP_HEADER] = f"{self.sender.addr_spec} {reply.number}"
-        msg.set_content(body)
-        msg["Content-Language"] = language  # after set_content, which drops Content-* headers
+            references = " ".join((*reply.references[-10:], reply.in_reply_to))
+            headers += [("In-Reply-To", reply.in_reply_to), ("References", references)]
+        headers += [
+            ("Auto-Submitted", auto),
+            ("X-Auto-Response-Suppress", "All"),
+            (LOOP_HEADER, f"{self.sender.addr_spec} {reply.number}"),
+            ("Content-Language", language),
+            ("MIME-Version", "1.0"),
+        ]
         return OutgoingMail(
             message_id=message_id,
             mail_from=self.sender.addr_spec,
@@ -99,14 +106,45 @@ class Composer:
             rcpt_to=(reply.to_addr,),
             subject=subject,
             text=body,
-            raw=msg.as_bytes(),
+            raw=render_mail(headers, body),
         )
 
 
-def safe_address(addr: str, name: str) -> Address:
-    """An Address built from untrusted parts; a name the header cannot carry is dropped."""
-    local, _, domain = addr.partition("@")
-    try:
-        return Address(display_name=" ".join(name.split()), username=local, domain=domain)
-    except (ValueError, IndexError):
-        return Address(username=local, domain=domain)
+# The stdlib's compat32 generator: about three times faster than EmailMessage with
+# policy.SMTP, which parses every header back. It does not check values, so every
+# value goes through the two functions below first.
+_UTF8 = email.charset.Charset("utf-8")
+_UTF8.header_encoding = email.charset.QP
+_UTF8.body_encoding = email.charset.QP
+_WIRE = email.policy.compat32.clone(linesep="\r\n")
+_ADDR_SPEC = re.compile(r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+@[A-Za-z0-9.-]+$")
+
+
+def text_header(value: str) -> str | Header:
+    """A header value with no way to start another header: control characters become
+    spaces; anything but printable ASCII is RFC 2047-encoded."""
+    clean = " ".join(_CONTROL.sub(" ", value).split())
+    if clean.isascii() and len(clean) < 900:
+        return clean
+    return Header(clean, _UTF8, maxlinelen=76)
+
+
+def usable_address(addr: str) -> bool:
+    """A plain ASCII addr-spec we can put in a header and an envelope."""
+    return bool(_ADDR_SPEC.match(addr)) and len(addr) <= 254
+
+
+def address_header(addr: str, name: str) -> str:
+    """`Name <addr>` from untrusted parts. An address that is not a plain addr-spec is
+    refused (ValueError); the name is cleaned and encoded by formataddr."""
+    if not usable_address(addr):
+        raise ValueError(f"not a usable mail address: {addr!r}")
+    return formataddr((" ".join(_CONTROL.sub(" ", name).split()), addr), charset=_UTF8)
+
+
+def render_mail(headers: list[tuple[str, str | Header]], body: str) -> bytes:
+    msg = Message()
+    for name, value in headers:
+        msg[name] = value  # type: ignore[assignment]  # compat32 takes Header objects
+    msg.set_payload(body, _UTF8)
+    return msg.as_bytes(policy=_WIRE)

@@ -12,7 +12,7 @@ from datetime import datetime
 
 import peewee as pw
 
-from mailtick.answers import Composer, OutgoingMail, Reply
+from mailtick.answers import Composer, OutgoingMail, Reply, usable_address
 from mailtick.db import (
     Attachment,
     Counter,
@@ -92,6 +92,11 @@ def _record(
         ticket = _touch_ticket(decision, now)
     _store_message(ticket, raw, mail, disposition, decision, now)
     acknowledged = decision.ticket_id is None and not disposition.automatic
+    if acknowledged and not usable_address(mail.from_addr):
+        Event.create(
+            ticket=ticket, at=now, kind="not-acknowledged", detail="unusable sender address"
+        )
+        acknowledged = False
     if acknowledged:
         queue_mail(ticket, composer.acknowledgement(reply_to(ticket, mail)), "ack", now)
     return Recorded(
