@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import peewee as pw
-
-from mailtick.db import Quarantine, write_transaction
+from mailtick.db import Quarantine
 from mailtick.mail import RawMail
 
 
-def quarantine(db: pw.Database, raw: RawMail, message_id: str, reason: str) -> None:
-    with write_transaction(db):
-        Quarantine.create(
-            mailbox=raw.mailbox,
-            uidvalidity=raw.uidvalidity,
-            uid=raw.uid,
-            message_id=message_id,
-            reason=reason,
-            data=raw.data,
-        )
+def add_quarantine(raw: RawMail, message_id: str, reason: str) -> None:
+    """Store the mail and the reason; call inside a transaction."""
+    Quarantine.create(
+        mailbox=raw.mailbox,
+        uidvalidity=raw.uidvalidity,
+        uid=raw.uid,
+        message_id=message_id,
+        reason=reason,
+        data=raw.data,
+    )

@@ -46,16 +46,6 @@ class RecordSettings:
     reopen_days: int
 
 
-def already_recorded(db: pw.Database, raw: RawMail) -> bool:
-    """True when this server copy (mailbox, UIDVALIDITY, UID) is already stored."""
-    query = Message.select(Message.id).where(
-        (Message.mailbox == raw.mailbox)
-        & (Message.uidvalidity == raw.uidvalidity)
-        & (Message.uid == raw.uid)
-    )
-    return bool(query.exists())
-
-
 def record(
     db: pw.Database,
     raw: RawMail | None,
@@ -70,18 +60,19 @@ def record(
     """
     try:
         with write_transaction(db):
-            return _record(raw, mail, disposition, settings, composer)
+            return record_mail(raw, mail, disposition, settings, composer)
     except pw.IntegrityError as exc:  # another process stored the same Message-ID first
         raise Ignored(f"duplicate Message-ID {mail.message_id} (concurrent)") from exc
 
 
-def _record(
+def record_mail(
     raw: RawMail | None,
     mail: ParsedMail,
     disposition: Disposition,
     settings: RecordSettings,
     composer: Composer,
 ) -> Recorded:
+    """Store one mail; call inside a transaction (record() or the pipeline's batch)."""
     if Message.select(Message.id).where(Message.message_id == mail.message_id).exists():
         raise Ignored(f"duplicate Message-ID {mail.message_id}")
     decision = resolve(mail, settings.prefix, settings.reopen_days)

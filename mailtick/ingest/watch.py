@@ -27,7 +27,7 @@ from mailtick.store import Store
 
 log = logging.getLogger("mailtick.ingest")
 
-Handler = Callable[[RawMail], Awaitable[Action]]
+Handler = Callable[[list[RawMail]], Awaitable[list[Action]]]
 
 
 @dataclass
@@ -166,19 +166,19 @@ class Watcher:
     async def _batch(
         self, conn: ImapConnection, selected: Selected, uids: list[int], counts: Counts
     ) -> bool:
-        """One FETCH, the pipeline per mail, then MOVE the handled ones and advance the cursor.
+        """One FETCH, the pipeline, then MOVE the handled mails and advance the cursor.
         False when a mail asked for a retry: the cursor stops below it."""
         fetched = await conn.fetch(uids)
         counts.fetched += len(fetched)
+        raws = [RawMail(selected.mailbox, selected.uidvalidity, uid, data) for uid, data in fetched]
         done: dict[Action, list[int]] = {Action.ACK: [], Action.QUARANTINE: []}
         stopped_at: int | None = None
-        for uid, data in fetched:
-            action = await self.handle(RawMail(selected.mailbox, selected.uidvalidity, uid, data))
+        for raw, action in zip(raws, await self.handle(raws), strict=True):
             if action is Action.RETRY:
-                stopped_at = uid
+                stopped_at = raw.uid
                 counts.retry += 1
                 break
-            done[action].append(uid)
+            done[action].append(raw.uid)
         await self._move(conn, done[Action.ACK], self.config.processed_mailbox)
         await self._move(conn, done[Action.QUARANTINE], self.config.quarantine_mailbox)
         counts.acked += len(done[Action.ACK])
