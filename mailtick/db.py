@@ -177,6 +177,7 @@ def _connect(url: str) -> pw.Database:
         path = unquote(url[len("sqlite:///") :]) or ":memory:"
         return pw.SqliteDatabase(
             path,
+            returning_clause=True,  # SQLite >= 3.35: UPDATE ... RETURNING draws ticket numbers
             pragmas={
                 "journal_mode": "wal",
                 "synchronous": "full",

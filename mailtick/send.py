@@ -203,17 +203,27 @@ class Sender:
             for item in batch:
                 await self._defer(item, f"connect: {_describe(exc)[1]}", counts)
             return
+        marks: list[asyncio.Future[None]] = []
         try:
             for item in batch:
-                await self._send_one(client, item, counts)
+                await self._send_one(client, item, counts, marks)
         finally:
+            await asyncio.gather(*marks)
             if client.is_connected:
                 try:
                     await client.quit()
                 except (aiosmtplib.SMTPException, OSError, TimeoutError):
                     client.close()
 
-    async def _send_one(self, client: aiosmtplib.SMTP, item: Queued, counts: SendCounts) -> None:
+    async def _send_one(
+        self,
+        client: aiosmtplib.SMTP,
+        item: Queued,
+        counts: SendCounts,
+        marks: list[asyncio.Future[None]],
+    ) -> None:
+        """Send one mail. Recording it as sent runs on the store thread while the next
+        mail goes out; the store runs the marks in order, before anything queued later."""
         try:
             if not client.is_connected:
                 await client.connect()
@@ -228,7 +238,7 @@ class Sender:
                 await self._defer(item, text, counts)
             return
         note = "; ".join(f"{rcpt}: {resp.code} {resp.message}" for rcpt, resp in refused.items())
-        await self.store.run(mark_sent, self.store.db, item.id, note)
+        marks.append(asyncio.ensure_future(self.store.run(mark_sent, self.store.db, item.id, note)))
         counts.sent += 1
         log.info("sent %s to %s", item.message_id, ",".join(item.rcpt_to))
 

@@ -27,7 +27,7 @@ from mailtick.ingest.classify import Disposition
 from mailtick.mail import ParsedMail, RawMail
 from mailtick.numbers import FIRST_SEQUENCE, ticket_number
 from mailtick.outcomes import Ignored
-from mailtick.threading.resolve import Decision, resolve
+from mailtick.threading.resolve import Decision, Lookup, resolve
 from mailtick.threading.subject import normalise
 
 
@@ -73,16 +73,17 @@ def record_mail(
     composer: Composer,
 ) -> Recorded:
     """Store one mail; call inside a transaction (record() or the pipeline's batch)."""
-    if Message.select(Message.id).where(Message.message_id == mail.message_id).exists():
+    lookup = Lookup(mail, settings.prefix)
+    if lookup.ticket_of(mail.message_id) is not None:
         raise Ignored(f"duplicate Message-ID {mail.message_id}")
-    decision = resolve(mail, settings.prefix, settings.reopen_days)
+    decision = resolve(lookup, settings.reopen_days)
     now = utcnow()
-    if decision.ticket_id is None:
+    if decision.ticket is None:
         ticket = _open_ticket(mail, decision, settings.prefix, now)
     else:
-        ticket = _touch_ticket(decision, now)
+        ticket = _touch_ticket(decision.ticket, decision, now)
     _store_message(ticket, raw, mail, disposition, decision, now)
-    acknowledged = decision.ticket_id is None and not disposition.automatic
+    acknowledged = decision.ticket is None and not disposition.automatic
     if acknowledged and not usable_address(mail.from_addr):
         Event.create(
             ticket=ticket, at=now, kind="not-acknowledged", detail="unusable sender address"
@@ -92,7 +93,7 @@ def record_mail(
         queue_mail(ticket, composer.acknowledgement(reply_to(ticket, mail)), "ack", now)
     return Recorded(
         ticket_number=str(ticket.number),
-        new_ticket=decision.ticket_id is None,
+        new_ticket=decision.ticket is None,
         rule=decision.rule,
         reopened=decision.reopen,
         acknowledged=acknowledged,
@@ -102,8 +103,8 @@ def record_mail(
 def next_number() -> str:
     """The next ticket number. The UPDATE takes a row lock (PostgreSQL) or runs under
     BEGIN IMMEDIATE (SQLite), so two processes never draw the same value."""
-    Counter.update(value=Counter.value + 1).where(Counter.name == "ticket").execute()
-    value = Counter.select(Counter.value).where(Counter.name == "ticket").scalar()
+    bump = Counter.update(value=Counter.value + 1).where(Counter.name == "ticket")
+    [(value,)] = bump.returning(Counter.value).tuples().execute()
     return ticket_number(FIRST_SEQUENCE + int(value))
 
 
@@ -119,7 +120,6 @@ def _open_ticket(mail: ParsedMail, decision: Decision, prefix: str, now: datetim
         updated_at=now,
         linked_to=decision.link_to,
     )
-    Event.create(ticket=ticket, at=now, kind="created", detail=f"from {mail.from_addr}")
     if decision.link_to is not None:
         old = Ticket.get_by_id(decision.link_to)
         Event.create(
@@ -131,8 +131,7 @@ def _open_ticket(mail: ParsedMail, decision: Decision, prefix: str, now: datetim
     return ticket
 
 
-def _touch_ticket(decision: Decision, now: datetime) -> Ticket:
-    ticket: Ticket = Ticket.get_by_id(decision.ticket_id)
+def _touch_ticket(ticket: Ticket, decision: Decision, now: datetime) -> Ticket:
     ticket.updated_at = now
     if decision.reopen:
         ticket.status = "open"

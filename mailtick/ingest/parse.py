@@ -135,7 +135,7 @@ def warm_up() -> None:
 
 def detect_language(text: str, default: str) -> str:
     """ "de" or "en" when the text says so with confidence, else the configured default."""
-    sample = text[:2000]
+    sample = text[:1000]
     if len(sample.split()) < 3:
         return default
     language, confidence = _identifier().classify(sample)

@@ -25,50 +25,58 @@ class Match:
 
 @dataclass(frozen=True)
 class Decision:
-    """Where the mail goes: an existing ticket (`ticket_id`) or a new one (None),
-    possibly linked to an old closed ticket (`link_to`). `reopen` asks to reopen."""
+    """Where the mail goes: an existing `ticket`, or a new one (None), possibly linked
+    to an old closed ticket (`link_to`). `reopen` asks to reopen the ticket."""
 
-    ticket_id: int | None
+    ticket: Ticket | None
     rule: str
     detail: str = ""
     reopen: bool = False
     link_to: int | None = None
 
 
-Resolver = Callable[[ParsedMail, str], Match | None]
+class Lookup:
+    """What the resolvers ask the database, each question asked at most once per mail."""
+
+    def __init__(self, mail: ParsedMail, prefix: str) -> None:
+        self.mail = mail
+        self.prefix = prefix
+        self._known: dict[str, int] | None = None
+
+    def ticket_of(self, message_id: str) -> int | None:
+        """The ticket holding a Message-ID: one query for the mail's own id and every id
+        its In-Reply-To and References name."""
+        if self._known is None:
+            mail = self.mail
+            wanted = list(
+                dict.fromkeys((mail.message_id, *mail.in_reply_to, *mail.references[-100:]))
+            )
+            rows = Message.select(Message.message_id, Message.ticket).where(
+                Message.message_id.in_(wanted)
+            )
+            self._known = {row.message_id: int(row.ticket_id) for row in rows}
+        return self._known.get(message_id)
 
 
-def _ticket_of_message_id(message_id: str) -> int | None:
-    row = Message.select(Message.ticket).where(Message.message_id == message_id).first()
-    return int(row.ticket_id) if row else None
+Resolver = Callable[[Lookup], Match | None]
 
 
-def by_in_reply_to(mail: ParsedMail, prefix: str) -> Match | None:
-    for mid in mail.in_reply_to:
-        ticket_id = _ticket_of_message_id(mid)
-        if ticket_id is not None:
+def by_in_reply_to(lookup: Lookup) -> Match | None:
+    for mid in lookup.mail.in_reply_to:
+        if (ticket_id := lookup.ticket_of(mid)) is not None:
             return Match(ticket_id, "in-reply-to", mid)
     return None
 
 
-def by_references(mail: ParsedMail, prefix: str) -> Match | None:
-    if not mail.references:
-        return None
-    newest_first = list(reversed(mail.references))
-    rows = {
-        row.message_id: int(row.ticket_id)
-        for row in Message.select(Message.message_id, Message.ticket).where(
-            Message.message_id.in_(newest_first[:100])
-        )
-    }
-    for mid in newest_first:
-        if mid in rows:
-            return Match(rows[mid], "references", mid)
+def by_references(lookup: Lookup) -> Match | None:
+    for mid in reversed(lookup.mail.references):  # newest first
+        if (ticket_id := lookup.ticket_of(mid)) is not None:
+            return Match(ticket_id, "references", mid)
     return None
 
 
-def by_subject_tag(mail: ParsedMail, prefix: str) -> Match | None:
-    for number in tagged_numbers(mail.subject, prefix):
+def by_subject_tag(lookup: Lookup) -> Match | None:
+    for number in tagged_numbers(lookup.mail.subject, lookup.prefix):
         if not is_valid(number):
             continue  # a mistyped number fails its check digit and names no ticket
         row = Ticket.select(Ticket.id).where(Ticket.number == number).first()
@@ -84,24 +92,22 @@ RESOLVERS: tuple[tuple[str, Resolver], ...] = (
 )
 
 
-def resolve(
-    mail: ParsedMail, prefix: str, reopen_days: int, now: datetime | None = None
-) -> Decision:
+def resolve(lookup: Lookup, reopen_days: int, now: datetime | None = None) -> Decision:
     """Run the resolver table and apply the closed-ticket rule. Call inside a transaction."""
     for _name, resolver in RESOLVERS:
-        found = resolver(mail, prefix)
+        found = resolver(lookup)
         if found is not None:
             return _closed_ticket_rule(found, reopen_days, now or utcnow())
-    return Decision(ticket_id=None, rule="new")
+    return Decision(ticket=None, rule="new")
 
 
 def _closed_ticket_rule(found: Match, reopen_days: int, now: datetime) -> Decision:
     ticket = Ticket.get_by_id(found.ticket_id)
     if ticket.status != "closed":
-        return Decision(found.ticket_id, found.rule, found.detail)
+        return Decision(ticket, found.rule, found.detail)
     closed_at = ticket.closed_at or ticket.updated_at
     if now - closed_at <= timedelta(days=reopen_days):
-        return Decision(found.ticket_id, found.rule, found.detail, reopen=True)
+        return Decision(ticket, found.rule, found.detail, reopen=True)
     return Decision(
         None, "new", f"{found.rule} {found.detail}: closed too long", link_to=found.ticket_id
     )
