@@ -8,8 +8,10 @@ calls them directly. All times are naive UTC datetimes.
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import peewee as pw
@@ -248,3 +250,42 @@ def check_durability(db: pw.Database) -> None:
         raise RuntimeError(f"SQLite journal_mode is {mode!r}, expected 'wal'")
     if sync != 2:
         raise RuntimeError(f"SQLite synchronous is {sync}, expected 2 (FULL)")
+
+
+# -- the hot path -------------------------------------------------------------------------
+# peewee spends about 280 µs building each INSERT or UPDATE; the same statement as plain
+# SQL costs 16 µs (measured here, SQLite). Ingest runs about five statements per mail, so
+# the few it repeats are written once from the models' own metadata and run as plain SQL.
+# Table and column names come from our models, never from input; values are parameters.
+
+
+def _is_postgres(db: pw.Database) -> bool:
+    return isinstance(db, pw.PostgresqlDatabase)
+
+
+@functools.lru_cache(maxsize=64)
+def _insert_sql(model: type[BaseModel], names: tuple[str, ...], param: str, pg: bool) -> str:
+    meta = model._meta
+    columns = ", ".join(f'"{meta.fields[name].column_name}"' for name in names)
+    values = ", ".join([param] * len(names))
+    key = meta.primary_key
+    returning = f' RETURNING "{key.column_name}"' if pg and key else ""
+    return f'INSERT INTO "{meta.table_name}" ({columns}) VALUES ({values}){returning}'
+
+
+def insert_row(db: pw.Database, model: type[BaseModel], **values: Any) -> int:
+    """INSERT one row (field name -> Python value) and return its new id. Fields left out
+    get their model default, as Model.create would give them."""
+    fields = model._meta.fields
+    for name, field in fields.items():
+        if name not in values and field.default is not None:
+            values[name] = field.default() if callable(field.default) else field.default
+    sql = _insert_sql(model, tuple(values), db.param, _is_postgres(db))
+    params = [fields[name].db_value(value) for name, value in values.items()]
+    cursor = db.execute_sql(sql, params)  # type: ignore[no-untyped-call]
+    return int(cursor.fetchone()[0] if _is_postgres(db) else cursor.lastrowid)
+
+
+def execute(db: pw.Database, sql: str, *params: Any) -> Any:
+    """Run a statement written with `{p}` for each placeholder; returns the cursor."""
+    return db.execute_sql(sql.format(p=db.param), params)  # type: ignore[no-untyped-call]

@@ -19,7 +19,7 @@ import aiosmtplib
 import peewee as pw
 
 from mailtick.config import SmtpConfig
-from mailtick.db import Message, Outbox, utcnow, write_transaction
+from mailtick.db import Message, Outbox, execute, utcnow, write_transaction
 from mailtick.ingest.imap import tls_context
 from mailtick.outcomes import Transient
 from mailtick.store import Store
@@ -90,14 +90,12 @@ def claim_due(db: pw.Database, now: datetime, limit: int = BATCH) -> list[Queued
 
 
 def mark_sent(db: pw.Database, row_id: int, note: str = "") -> None:
+    sent = (
+        "UPDATE outbox SET status = 'sent', sent_at = {p}, attempts = attempts + 1,"
+        " claimed_until = NULL, last_error = {p} WHERE id = {p}"
+    )
     with write_transaction(db):
-        Outbox.update(
-            status="sent",
-            sent_at=utcnow(),
-            attempts=Outbox.attempts + 1,
-            claimed_until=None,
-            last_error=note,
-        ).where(Outbox.id == row_id).execute()
+        execute(db, sent, utcnow(), note, row_id)
 
 
 def mark_deferred(db: pw.Database, row_id: int, error: str, retry_at: datetime) -> None:

@@ -9,17 +9,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import peewee as pw
 
 from mailtick.answers import Composer, OutgoingMail, Reply, usable_address
 from mailtick.db import (
     Attachment,
-    Counter,
     Event,
     Message,
     Outbox,
     Ticket,
+    execute,
+    insert_row,
     utcnow,
     write_transaction,
 )
@@ -103,23 +105,24 @@ def record_mail(
 def next_number() -> str:
     """The next ticket number. The UPDATE takes a row lock (PostgreSQL) or runs under
     BEGIN IMMEDIATE (SQLite), so two processes never draw the same value."""
-    bump = Counter.update(value=Counter.value + 1).where(Counter.name == "ticket")
-    [(value,)] = bump.returning(Counter.value).tuples().execute()
+    bump = "UPDATE counter SET value = value + 1 WHERE name = {p} RETURNING value"
+    [value] = execute(_db(), bump, "ticket").fetchone()
     return ticket_number(FIRST_SEQUENCE + int(value))
 
 
 def _open_ticket(mail: ParsedMail, decision: Decision, prefix: str, now: datetime) -> Ticket:
-    ticket = Ticket.create(
-        number=next_number(),
-        subject=normalise(mail.subject, prefix),
-        status="open",
-        requester=mail.from_addr,
-        requester_name=mail.from_name,
-        language=mail.language,
-        created_at=now,
-        updated_at=now,
-        linked_to=decision.link_to,
-    )
+    row: dict[str, Any] = {
+        "number": next_number(),
+        "subject": normalise(mail.subject, prefix),
+        "status": "open",
+        "requester": mail.from_addr,
+        "requester_name": mail.from_name,
+        "language": mail.language,
+        "created_at": now,
+        "updated_at": now,
+        "linked_to": decision.link_to,
+    }
+    ticket = Ticket(id=insert_row(_db(), Ticket, **row), **row)
     if decision.link_to is not None:
         old = Ticket.get_by_id(decision.link_to)
         Event.create(
@@ -133,10 +136,12 @@ def _open_ticket(mail: ParsedMail, decision: Decision, prefix: str, now: datetim
 
 def _touch_ticket(ticket: Ticket, decision: Decision, now: datetime) -> Ticket:
     ticket.updated_at = now
-    if decision.reopen:
-        ticket.status = "open"
-        ticket.closed_at = None
-        Event.create(ticket=ticket, at=now, kind="reopened", detail=f"by a reply ({decision.rule})")
+    if not decision.reopen:
+        execute(_db(), "UPDATE ticket SET updated_at = {p} WHERE id = {p}", now, ticket.id)
+        return ticket
+    ticket.status = "open"
+    ticket.closed_at = None
+    Event.create(ticket=ticket, at=now, kind="reopened", detail=f"by a reply ({decision.rule})")
     ticket.save()
     return ticket
 
@@ -148,9 +153,11 @@ def _store_message(
     disposition: Disposition,
     decision: Decision,
     now: datetime,
-) -> Message:
-    message = Message.create(
-        ticket=ticket,
+) -> int:
+    message_id = insert_row(
+        _db(),
+        Message,
+        ticket=ticket.id,
         message_id=mail.message_id,
         direction="in",
         kind="automatic" if disposition.automatic else "customer",
@@ -167,14 +174,21 @@ def _store_message(
         created_at=now,
     )
     for item in mail.attachments:
-        Attachment.create(
-            message=message,
+        insert_row(
+            _db(),
+            Attachment,
+            message=message_id,
             filename=item.filename,
             content_type=item.content_type,
             size=len(item.data),
             data=item.data,
         )
-    return message
+    return message_id
+
+
+def _db() -> pw.Database:
+    """The database the models are bound to (see db.open_database)."""
+    return Ticket._meta.database  # type: ignore[no-any-return]
 
 
 def reply_to(ticket: Ticket, mail: ParsedMail) -> Reply:
@@ -189,10 +203,13 @@ def reply_to(ticket: Ticket, mail: ParsedMail) -> Reply:
     )
 
 
-def queue_mail(ticket: Ticket, out: OutgoingMail, kind: str, now: datetime) -> Outbox:
-    """Store an outgoing mail on its ticket and queue it; call inside the caller's transaction."""
-    message = Message.create(
-        ticket=ticket,
+def queue_mail(ticket: Ticket, out: OutgoingMail, kind: str, now: datetime) -> int:
+    """Store an outgoing mail on its ticket and queue it; call inside the caller's transaction.
+    Returns the outbox row's id."""
+    message_id = insert_row(
+        _db(),
+        Message,
+        ticket=ticket.id,
         message_id=out.message_id,
         direction="out",
         kind=kind,
@@ -204,8 +221,10 @@ def queue_mail(ticket: Ticket, out: OutgoingMail, kind: str, now: datetime) -> O
         thread_rule="ours",
         created_at=now,
     )
-    return Outbox.create(
-        message=message,
+    return insert_row(
+        _db(),
+        Outbox,
+        message=message_id,
         mail_from=out.mail_from,
         rcpt_to=",".join(out.rcpt_to),
         created_at=now,

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from mailtick.db import Message, Ticket, utcnow
+from mailtick.db import Message, Ticket, execute, utcnow
 from mailtick.mail import ParsedMail
 from mailtick.numbers import is_valid
 from mailtick.threading.subject import tagged_numbers
@@ -51,10 +51,10 @@ class Lookup:
             wanted = list(
                 dict.fromkeys((mail.message_id, *mail.in_reply_to, *mail.references[-100:]))
             )
-            rows = Message.select(Message.message_id, Message.ticket).where(
-                Message.message_id.in_(wanted)
-            )
-            self._known = {row.message_id: int(row.ticket_id) for row in rows}
+            marks = ", ".join(["{p}"] * len(wanted))
+            sql = f"SELECT message_id, ticket_id FROM message WHERE message_id IN ({marks})"
+            rows = execute(Message._meta.database, sql, *wanted).fetchall()
+            self._known = {str(mid): int(ticket_id) for mid, ticket_id in rows}
         return self._known.get(message_id)
 
 
