@@ -100,8 +100,17 @@ class Daemon:
         """Catch up with the mailbox, send what is due, close. Raises Transient on trouble."""
         await self.open()
         try:
-            ingest = await self.watcher.run_once()
-            sent = await self.sender.drain()
-            return OnceResult(ingest, sent)
+            done = asyncio.Event()
+            sending = asyncio.create_task(
+                self.sender.run(done), name="send"
+            )  # acks go out meanwhile
+            try:
+                ingest = await self.watcher.run_once()
+            finally:
+                done.set()
+                self.sender.notify()
+                await sending
+            await self.sender.drain()  # what the last batch queued
+            return OnceResult(ingest, self.sender.totals)
         finally:
             await self.store.close()

@@ -155,6 +155,7 @@ class Sender:
         self.config = config
         self.store = store
         self.wake = asyncio.Event()
+        self.totals = SendCounts()  # since start-up, for `run --once` and the logs
 
     def notify(self) -> None:
         """Called after a commit that queued mail: send now rather than at the next tick."""
@@ -189,6 +190,8 @@ class Sender:
             await self._send_batch(batch, counts)
             if counts.deferred:
                 break  # the server is unwell: leave the rest for the next round
+        for name in ("sent", "deferred", "failed"):
+            setattr(self.totals, name, getattr(self.totals, name) + getattr(counts, name))
         return counts
 
     async def _send_batch(self, batch: list[Queued], counts: SendCounts) -> None:

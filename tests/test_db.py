@@ -61,7 +61,7 @@ def test_sqlite_without_wal_is_refused(tmp_path: Path) -> None:
         str(path), pragmas={"journal_mode": "delete", "synchronous": "normal"}
     )
     plain.connect()
-    with pytest.raises(RuntimeError, match="journal_mode is .delete., expected .wal."):
+    with pytest.raises(RuntimeError, match=r"journal_mode is .delete., expected .wal."):
         check_durability(plain)
     plain.close()
     db = open_database(f"sqlite:///{path}")

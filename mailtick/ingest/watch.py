@@ -157,18 +157,35 @@ class Watcher:
         if selected.exists == 0:
             return counts
         pending = await conn.uids_after(last_uid)
-        for start in range(0, len(pending), self.config.batch_size):
-            batch = pending[start : start + self.config.batch_size]
-            if not await self._batch(conn, selected, batch, counts):
-                break
+        size = self.config.batch_size
+        batches = [pending[start : start + size] for start in range(0, len(pending), size)]
+        # The next batch downloads while the pipeline works on this one (two in memory).
+        ahead = asyncio.ensure_future(conn.fetch(batches[0])) if batches else None
+        try:
+            for number, batch in enumerate(batches):
+                assert ahead is not None
+                fetched = await ahead
+                ahead = None
+                if number + 1 < len(batches):
+                    ahead = asyncio.ensure_future(conn.fetch(batches[number + 1]))
+                if not await self._batch(conn, selected, batch, fetched, counts):
+                    break
+        finally:
+            if ahead is not None:  # let the answer arrive: a cancelled FETCH would
+                with contextlib.suppress(Exception):  # leave the session out of step
+                    await ahead
         return counts
 
     async def _batch(
-        self, conn: ImapConnection, selected: Selected, uids: list[int], counts: Counts
+        self,
+        conn: ImapConnection,
+        selected: Selected,
+        uids: list[int],
+        fetched: list[tuple[int, bytes]],
+        counts: Counts,
     ) -> bool:
-        """One FETCH, the pipeline, then MOVE the handled mails and advance the cursor.
-        False when a mail asked for a retry: the cursor stops below it."""
-        fetched = await conn.fetch(uids)
+        """The pipeline on one fetched batch, then MOVE the handled mails and advance the
+        cursor. False when a mail asked for a retry: the cursor stops below it."""
         counts.fetched += len(fetched)
         raws = [RawMail(selected.mailbox, selected.uidvalidity, uid, data) for uid, data in fetched]
         done: dict[Action, list[int]] = {Action.ACK: [], Action.QUARANTINE: []}
