@@ -17,6 +17,7 @@ from mailtick.config import Config
 from mailtick.db import check_durability
 from mailtick.ingest.parse import warm_up
 from mailtick.ingest.watch import Counts, Watcher
+from mailtick.ingest.workers import ParsePool
 from mailtick.pipeline import Pipeline
 from mailtick.send import SendCounts, Sender
 from mailtick.store import Store
@@ -39,6 +40,7 @@ class Daemon:
             config.smtp.from_address, config.tickets.prefix, config.tickets.default_language
         )
         self.sender = Sender(config.smtp, self.store)
+        self.parsers = ParsePool(config.imap.parse_workers, config.tickets.default_language)
         self.pipeline = Pipeline(
             store=self.store,
             composer=self.composer,
@@ -46,14 +48,20 @@ class Daemon:
             max_bytes=config.tickets.max_mail_bytes,
             default_language=config.tickets.default_language,
             outbox_changed=self.sender.notify,
+            parsers=self.parsers,
         )
-        self.watcher = Watcher(config.imap, self.store, self.pipeline.process)
+        self.watcher = Watcher(config.imap, self.store, self.pipeline)
         self.stop = asyncio.Event()
 
     async def open(self) -> None:
         db = await self.store.open()
         await self.store.run(check_durability, db)
         await self.store.run(warm_up)  # load the language model now, not on the first mail
+        self.parsers.start()  # fork the parse workers now: they inherit the loaded model
+
+    async def close(self) -> None:
+        self.parsers.close()
+        await self.store.close()
 
     async def run(self) -> None:
         """The daemon: ingest and send until SIGTERM/SIGINT, then shut down cleanly."""
@@ -89,7 +97,7 @@ class Daemon:
                     await task
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)
-            await self.store.close()
+            await self.close()
             log.info("mailtick stopped")
 
     def request_stop(self, why: str = "request") -> None:
@@ -113,4 +121,4 @@ class Daemon:
             await self.sender.drain()  # what the last batch queued
             return OnceResult(ingest, self.sender.totals)
         finally:
-            await self.store.close()
+            await self.close()

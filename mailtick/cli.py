@@ -75,6 +75,10 @@ def _parser() -> argparse.ArgumentParser:
         "number", help="ticket number, with or without the prefix (MT#10009 or 10009)"
     )
     show.add_argument("--json", action="store_true", help="machine-readable output")
+    parse = command("parse", cmd_parse, "show how mailtick sees one mail (writes nothing)")
+    parse.add_argument("file", type=Path, help="the mail, as an .eml file")
+    parse.add_argument("--json", action="store_true", help="machine-readable output")
+    parse.add_argument("--thread", action="store_true", help="also say where it would thread")
     demo = sub.add_parser("demo", help="play a scripted conversation on embedded servers")
     demo.add_argument("--keep-running", action="store_true", help="leave servers and daemon up")
     demo.set_defaults(handler=cmd_demo, config="(demo)")
@@ -206,6 +210,22 @@ def render_ticket(t: dict[str, Any], prefix: str) -> str:
         body = [ln for ln in m["text"].strip().splitlines()[:8]]
         lines.extend(f"     | {ln}" for ln in body)
     return "\n".join(lines)
+
+
+def cmd_parse(args: argparse.Namespace) -> int:
+    from mailtick.inspect import parse_command
+
+    config = _load(args)
+    t = config.tickets
+    return parse_command(
+        args.file,
+        args.json,
+        config.database.url if args.thread else None,
+        t.prefix,
+        default_language=t.default_language,
+        reopen_days=t.reopen_days,
+        max_bytes=t.max_mail_bytes,
+    )
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

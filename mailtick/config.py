@@ -52,6 +52,7 @@ class ImapConfig:
     processed_mailbox: str = "Processed"
     quarantine_mailbox: str = "Quarantine"
     batch_size: int = 50  # UIDs per FETCH and per MOVE: keeps every server answer bounded
+    parse_workers: int = 1  # processes parsing batches beside the database thread; 0: none
     idle: bool = True  # use IDLE when the server offers it
     idle_timeout: float = 300.0  # seconds before IDLE is renewed (RFC 2177: under 29 min)
     poll_interval: float = 30.0  # seconds between polls when IDLE is off or unavailable
@@ -534,6 +535,7 @@ IMAP = Section(
         "processed_mailbox": Key(text(), "Processed"),
         "quarantine_mailbox": Key(text(), "Quarantine"),
         "batch_size": Key(integer(1, 500), 50),
+        "parse_workers": Key(integer(0, 64), 1),
         "idle": Key(boolean, True),
         "idle_timeout": Key(number(10, 1680), 300.0),
         "poll_interval": Key(SECONDS, 30.0),

@@ -23,7 +23,7 @@ import peewee as pw
 from mailtick.answers import Composer
 from mailtick.db import Message, is_connection_error, write_transaction
 from mailtick.ingest.classify import classify
-from mailtick.ingest.parse import parse
+from mailtick.ingest.workers import Parsed, ParsePool, parse_many
 from mailtick.mail import ParsedMail, RawMail
 from mailtick.outcomes import Ignored, Rejected, Transient
 from mailtick.quarantine import add_quarantine
@@ -56,11 +56,26 @@ class Pipeline:
     max_bytes: int
     default_language: str
     outbox_changed: Callable[[], None]  # wakes the sender after a commit that queued mail
+    parsers: ParsePool
+
+    async def prepare(self, raws: Sequence[RawMail]) -> list[Parsed] | None:
+        """Parse a big batch in the worker processes (None: `commit` parses inline)."""
+        if not self.parsers.wanted(len(raws)):
+            return None
+        try:
+            return await self.parsers.parse([raw.data for raw in raws])
+        except Transient as exc:
+            log.warning("parsing inline: %s", exc.reason)
+            return None
 
     async def process(self, raws: Sequence[RawMail]) -> list[Action]:
         """Handle one batch; returns one Action per mail, in order."""
+        return await self.commit(raws, await self.prepare(raws))
+
+    async def commit(self, raws: Sequence[RawMail], parsed: list[Parsed] | None) -> list[Action]:
+        """Record a batch (parsed by `prepare`, or here); one Action per mail, in order."""
         try:
-            verdicts = await self.store.run(self._ingest, list(raws))
+            verdicts = await self.store.run(self._ingest, list(raws), parsed)
         except Transient as exc:
             for raw in raws:
                 log.warning("retry later %s: %s", raw.where, exc.reason)
@@ -76,18 +91,14 @@ class Pipeline:
 
     # -- on the store's thread ---------------------------------------------------------
 
-    def _ingest(self, raws: list[RawMail]) -> list[Verdict]:
+    def _ingest(self, raws: list[RawMail], parsed: list[Parsed] | None) -> list[Verdict]:
         db = self.store.db
         known = _recorded_uids(raws)
-        parsed = [None if raw.uid in known else self._parse(raw) for raw in raws]
+        if parsed is None:
+            parsed = parse_many([raw.data for raw in raws], self.default_language)
+        mails = [None if raw.uid in known else mail for raw, mail in zip(raws, parsed, strict=True)]
         with write_transaction(db):
-            return [self._commit_one(db, raw, mail) for raw, mail in zip(raws, parsed, strict=True)]
-
-    def _parse(self, raw: RawMail) -> ParsedMail | Rejected:
-        try:
-            return parse(raw.data, self.default_language)
-        except Rejected as exc:
-            return exc
+            return [self._commit_one(db, raw, mail) for raw, mail in zip(raws, mails, strict=True)]
 
     def _commit_one(
         self, db: pw.Database, raw: RawMail, mail: ParsedMail | Rejected | None

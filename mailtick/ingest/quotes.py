@@ -52,10 +52,10 @@ _FR = "De|Envoyé|Date|À|A|Cc|Objet"
 
 def _block(names: str, sender: str) -> str:
     """Three consecutive `Name: value` lines with `sender` (From/Von/De) among them, optionally
-    after Outlook's "____" separator line; "**From:**" as html2text writes it also counts."""
-    line = rf"[ \t]*\**(?:{names})\**:\**[^\n]*"
+    after Outlook's "____" separator line; "**From:**" (html2text) and "De :" (French) count."""
+    line = rf"[ \t]*\**(?:{names})\**[ \t\xa0]?:\**[^\n]*"
     separator = r"(?:[ \t]*_{10,}[ \t]*\n(?:[ \t]*\n)?)?"
-    has_sender = rf"(?=(?:{line}\n){{0,2}}[ \t]*\**(?:{sender})\**:)"
+    has_sender = rf"(?=(?:{line}\n){{0,2}}[ \t]*\**(?:{sender})\**[ \t\xa0]?:)"
     return rf"{separator}{has_sender}{line}\n{line}\n{line}"
 
 
@@ -100,8 +100,9 @@ _COMPILED = tuple((name, re.compile(p, re.MULTILINE), needs) for name, p, needs 
 # Only a line starting like this can start a header: most lines skip the table.
 _MAY_START = re.compile(
     r"[ \t]*(?:-{3}|_{10}|\**(?:From|Sent|Date|Von|Gesendet|Datum|De|Envoyé)\b|On\b|Am\b|Le\b"
-    r"|Begin\b|Anfang\b|Début\b|Zitat\b|Quoting\b|[^\n]*(?:wrote|schrieb|écrit)\b)"
+    r"|Begin\b|Anfang\b|Début\b|Zitat\b|Quoting\b)"
 )
+_ATTRIBUTION_WORD = re.compile(r"\b(?:wrote|schrieb|écrit)\b")
 _QUOTE_MARK = re.compile(r"[ \t]{0,3}>")
 _WINDOW = 6  # lines a header may span, including the "____" line
 
@@ -119,7 +120,7 @@ def _next_text(lines: Sequence[str], start: int) -> str:
 
 def _header_at(lines: Sequence[str], index: int) -> _Header | None:
     """The first QUOTE_HEADERS rule matching at `lines[index]`, if any."""
-    if not _MAY_START.match(lines[index]):
+    if not (_MAY_START.match(lines[index]) or _ATTRIBUTION_WORD.search(lines[index])):
         return None
     window = "\n".join(lines[index : index + _WINDOW])
     for name, pattern, needs_quote_after in _COMPILED:
@@ -180,8 +181,13 @@ _DISCLAIMER = re.compile(
     r"|Hinweis:|Disclaimer|Pflichtangaben|The information (?:in|contained))",
     re.IGNORECASE,
 )
-_CONTENT = re.compile(r"[ \t]*P\.?\s?S\b|.*[?:][ \t]*$", re.IGNORECASE)  # a PS, a question
+_POSTSCRIPT = re.compile(r"[ \t]*P\.?[ \t]?S\b", re.IGNORECASE)
 _MAX_SIGNATURE_LINES = 20
+
+
+def _is_content(line: str) -> bool:
+    """A PS, a question or a lead-in to more text: never part of a signature."""
+    return bool(_POSTSCRIPT.match(line)) or line.rstrip().endswith(("?", ":"))
 
 
 def _short(line: str) -> bool:
@@ -199,7 +205,7 @@ def _signature_lines(lines: Sequence[str]) -> bool:
     for line in lines:
         if _DISCLAIMER.match(line):
             return True  # a closing disclaimer: the rest is legal text
-        if _CONTENT.match(line) and not _CONTACT.search(line):
+        if _is_content(line) and not _CONTACT.search(line):
             return False
         if line.strip() and not (_short(line) or _CONTACT.search(line)):
             return False

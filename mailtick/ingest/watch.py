@@ -12,14 +12,16 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import peewee as pw
 
 from mailtick.config import ImapConfig
 from mailtick.db import MailboxCursor, write_transaction
 from mailtick.ingest.imap import ImapConnection, Selected
+from mailtick.ingest.workers import Parsed
 from mailtick.mail import RawMail
 from mailtick.outcomes import Transient
 from mailtick.pipeline import Action
@@ -27,7 +29,18 @@ from mailtick.store import Store
 
 log = logging.getLogger("mailtick.ingest")
 
-Handler = Callable[[list[RawMail]], Awaitable[list[Action]]]
+
+class Handler(Protocol):
+    """The pipeline as the watcher sees it (pipeline.Pipeline)."""
+
+    async def prepare(self, raws: Sequence[RawMail]) -> list[Parsed] | None: ...
+
+    async def commit(
+        self, raws: Sequence[RawMail], parsed: list[Parsed] | None
+    ) -> list[Action]: ...
+
+
+Prepared = tuple[list[RawMail], list[Parsed] | None]
 
 
 @dataclass
@@ -159,16 +172,16 @@ class Watcher:
         pending = await conn.uids_after(last_uid)
         size = self.config.batch_size
         batches = [pending[start : start + size] for start in range(0, len(pending), size)]
-        # The next batch downloads while the pipeline works on this one (two in memory).
-        ahead = asyncio.ensure_future(conn.fetch(batches[0])) if batches else None
+        # The next batch is fetched and parsed while this one is recorded (two in memory).
+        ahead = asyncio.ensure_future(self._fetch(conn, selected, batches[0])) if batches else None
         try:
             for number, batch in enumerate(batches):
                 assert ahead is not None
-                fetched = await ahead
+                prepared = await ahead
                 ahead = None
                 if number + 1 < len(batches):
-                    ahead = asyncio.ensure_future(conn.fetch(batches[number + 1]))
-                if not await self._batch(conn, selected, batch, fetched, counts):
+                    ahead = asyncio.ensure_future(self._fetch(conn, selected, batches[number + 1]))
+                if not await self._batch(conn, selected, batch, prepared, counts):
                     break
         finally:
             if ahead is not None:  # let the answer arrive: a cancelled FETCH would
@@ -176,21 +189,26 @@ class Watcher:
                     await ahead
         return counts
 
+    async def _fetch(self, conn: ImapConnection, selected: Selected, uids: list[int]) -> Prepared:
+        fetched = await conn.fetch(uids)
+        raws = [RawMail(selected.mailbox, selected.uidvalidity, uid, data) for uid, data in fetched]
+        return raws, await self.handle.prepare(raws)
+
     async def _batch(
         self,
         conn: ImapConnection,
         selected: Selected,
         uids: list[int],
-        fetched: list[tuple[int, bytes]],
+        prepared: Prepared,
         counts: Counts,
     ) -> bool:
-        """The pipeline on one fetched batch, then MOVE the handled mails and advance the
-        cursor. False when a mail asked for a retry: the cursor stops below it."""
-        counts.fetched += len(fetched)
-        raws = [RawMail(selected.mailbox, selected.uidvalidity, uid, data) for uid, data in fetched]
+        """Record one fetched batch, then MOVE the handled mails and advance the cursor.
+        False when a mail asked for a retry: the cursor stops below it."""
+        raws, parsed = prepared
+        counts.fetched += len(raws)
         done: dict[Action, list[int]] = {Action.ACK: [], Action.QUARANTINE: []}
         stopped_at: int | None = None
-        for raw, action in zip(raws, await self.handle(raws), strict=True):
+        for raw, action in zip(raws, await self.handle.commit(raws, parsed), strict=True):
             if action is Action.RETRY:
                 stopped_at = raw.uid
                 counts.retry += 1
