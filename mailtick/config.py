@@ -94,11 +94,30 @@ class TicketsConfig:
 
 
 @dataclass(frozen=True)
+class AgentConfig:
+    name: str  # short handle for commands and logs: "dana"
+    addresses: tuple[str, ...]  # the agent's own addresses, lower-cased addr-specs
+    display_name: str = ""  # "Dana Example" -> From "Dana Example via Example Support"
+    queues: tuple[str, ...] = ("default",)
+
+
+@dataclass(frozen=True)
+class SecurityConfig:
+    secret_file: Path | None = None  # signing key for reply tokens (created by `mailtick init`)
+    secret_env: str | None = None
+    token_days: int = 90  # a reply token older than this is refused
+    authserv_id: str = ""  # trust Authentication-Results from this server only ("": none)
+    secret: bytes = field(default=b"", repr=False)  # read from secret_file/secret_env
+
+
+@dataclass(frozen=True)
 class Config:
     imap: ImapConfig
     smtp: SmtpConfig
     database: DatabaseConfig
     tickets: TicketsConfig = TicketsConfig()
+    agents: tuple[AgentConfig, ...] = ()
+    security: SecurityConfig = SecurityConfig()
     log_level: str = "INFO"
     source: Path | None = None  # the file it came from
 
@@ -117,6 +136,7 @@ REQUIRED = _Marker.REQUIRED  # Key default for a key that must be given
 class _Context:
     base_dir: Path  # relative paths are relative to this (the config file's directory)
     env: Mapping[str, str]
+    source: Path | None = None
     problems: list[str] = field(default_factory=list)
 
     def report(self, where: str, problem: str) -> None:
@@ -139,8 +159,15 @@ class Key:
 
 
 @dataclass(frozen=True)
+class Many:
+    """An array of tables such as [[agents]], each read with `section`."""
+
+    section: Section
+
+
+@dataclass(frozen=True)
 class Section:
-    keys: Mapping[str, Key | Section]
+    keys: Mapping[str, Key | Section | Many]
     required: bool = False
     make: Callable[..., Any] | None = None  # builds the result; None: a plain dict
     finish: Finish | None = None  # cross-key checks and derived values, after the keys
@@ -368,6 +395,100 @@ def ticket_prefix(value: object, ctx: _Context) -> str:
     return prefix
 
 
+# --- agents and reply-token secrets ----------------------------------------------------------
+
+_AGENT_NAME = re.compile(r"[a-z][a-z0-9._-]{0,31}")
+_ADDR_SPEC = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}")
+
+
+def path(value: object, ctx: _Context) -> Path:
+    return _absolute(_line(value), ctx)
+
+
+def agent_name(value: object, ctx: _Context) -> str:
+    name = _line(value)
+    if _AGENT_NAME.fullmatch(name) is None:
+        raise _expected('a short lower-case name such as "dana" (a-z, 0-9, . _ -)', value)
+    return name
+
+
+def _strings(value: object) -> list[str]:
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
+        raise _expected("a non-empty array of strings", value)
+    return [v.strip() for v in value]
+
+
+def address_list(value: object, ctx: _Context) -> tuple[str, ...]:
+    addresses = _strings(value)
+    for addr in addresses:
+        if _ADDR_SPEC.fullmatch(addr) is None:
+            raise _expected('plain addresses such as "dana@example.com"', addr)
+    return tuple(addr.lower() for addr in addresses)
+
+
+def name_list(value: object, ctx: _Context) -> tuple[str, ...]:
+    names = _strings(value)
+    for name in names:
+        if _AGENT_NAME.fullmatch(name) is None:
+            raise _expected('short lower-case names such as "default"', name)
+    return tuple(names)
+
+
+def read_secret(raw: bytes) -> bytes:
+    """A secret file holds hex (as `mailtick init` writes it) or at least 32 raw bytes."""
+    text_form = raw.strip()
+    try:
+        return bytes.fromhex(text_form.decode("ascii"))
+    except (UnicodeDecodeError, ValueError):
+        return raw
+
+
+def _load_secret(security: Values, ctx: _Context) -> bytes | None:
+    env_name = security.get("secret_env")
+    if env_name:
+        value = ctx.env.get(env_name)
+        if not value:
+            ctx.report("security.secret_env", f"environment variable {env_name} is not set")
+            return None
+        return read_secret(value.encode())
+    file = security.get("secret_file")
+    try:
+        return read_secret(Path(str(file)).read_bytes())
+    except OSError as exc:
+        config = f" -c {ctx.source}" if ctx.source else ""
+        ctx.report(
+            "security.secret_file",
+            f'cannot read {file}: {_reason(exc)} (run "mailtick init{config}" to create it)',
+        )
+        return None
+
+
+def _check_agents(agents: list[Values], ctx: _Context) -> None:
+    names: set[str] = set()
+    owners: dict[str, str] = {}
+    for n, agent in enumerate(agents):
+        name = agent.get("name", "")
+        if name in names:
+            ctx.report(f"agents[{n}].name", f'"{name}" is used by another agent')
+        names.add(name)
+        for addr in agent.get("addresses", ()):
+            if addr in owners:
+                ctx.report(f"agents[{n}].addresses", f'"{addr}" belongs to agent "{owners[addr]}"')
+            owners[addr] = name
+
+
+def _finish_root(values: Values, raw: Mapping[str, object], where: str, ctx: _Context) -> None:
+    """Agents need a reply-token secret of at least 32 bytes; without agents none is read."""
+    agents = values.get("agents") or []
+    _check_agents(agents, ctx)
+    if not agents or "security" not in values:
+        return
+    secret_bytes = _load_secret(values["security"], ctx)
+    if secret_bytes is not None and len(secret_bytes) < 32:
+        ctx.report("security", f"the reply-token secret has {len(secret_bytes)} bytes, needs 32")
+    values["security"]["secret"] = secret_bytes or b""
+
+
 # --- database URLs ----------------------------------------------------------------------------
 
 _URL_PASSWORD = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://[^:/@]*):[^@]*@")
@@ -586,7 +707,28 @@ SCHEMA = Section(
         "log": Section(
             keys={"level": Key(LOG_LEVEL, "INFO")},
         ),
+        "security": Section(
+            make=SecurityConfig,
+            keys={
+                "secret_file": Key(path, "/var/lib/mailtick/reply-secret"),
+                "secret_env": Key(text(), None),
+                "token_days": Key(integer(1, 3650), 90),
+                "authserv_id": Key(text(empty_ok=True), ""),
+            },
+        ),
+        "agents": Many(
+            Section(
+                make=AgentConfig,
+                keys={
+                    "name": Key(agent_name, REQUIRED),
+                    "addresses": Key(address_list, REQUIRED),
+                    "display_name": Key(text(empty_ok=True), ""),
+                    "queues": Key(name_list, ("default",)),
+                },
+            )
+        ),
     },
+    finish=_finish_root,
 )
 
 
@@ -610,6 +752,8 @@ def _read_entry(
         ctx.report(where, _unknown(name, section))
     elif isinstance(spec, Section):
         values[name] = _read_section(spec, value, where, ctx)
+    elif isinstance(spec, Many):
+        values[name] = _read_many(spec, value, where, ctx)
     else:
         try:
             values[name] = spec.check(value, ctx)
@@ -617,10 +761,19 @@ def _read_entry(
             ctx.report(where, str(bad))
 
 
+def _read_many(spec: Many, raw: object, where: str, ctx: _Context) -> list[Values]:
+    if not isinstance(raw, list):
+        ctx.report(where, f"expected an array of tables ([[{where}]]), got {_show(raw)}")
+        return []
+    return [_read_section(spec.section, item, f"{where}[{n}]", ctx) for n, item in enumerate(raw)]
+
+
 def _fill_default(
-    spec: Key | Section, name: str, values: Values, ctx: _Context, where: str
+    spec: Key | Section | Many, name: str, values: Values, ctx: _Context, where: str
 ) -> None:
-    if isinstance(spec, Section) and not spec.required:
+    if isinstance(spec, Many):
+        values[name] = []
+    elif isinstance(spec, Section) and not spec.required:
         values[name] = _read_section(spec, {}, where, ctx)
     elif isinstance(spec, Section) or spec.default is REQUIRED:
         ctx.report(where, "missing (required)")
@@ -647,7 +800,10 @@ def _build(section: Section, values: Values) -> Any:
     built: Values = {}
     for name, value in values.items():
         spec = section.keys.get(name)
-        built[name] = _build(spec, value) if isinstance(spec, Section) else value
+        if isinstance(spec, Many):
+            built[name] = tuple(_build(spec.section, item) for item in value)
+        else:
+            built[name] = _build(spec, value) if isinstance(spec, Section) else value
     return built if section.make is None else section.make(**built)
 
 
@@ -659,7 +815,7 @@ def parse_config(
 ) -> Config:
     """Validate parsed TOML; raise ConfigError listing every problem."""
     base_dir = Path(os.path.abspath(source)).parent if source is not None else Path.cwd()
-    ctx = _Context(base_dir=base_dir, env=env)
+    ctx = _Context(base_dir=base_dir, env=env, source=source)
     values = _read_section(SCHEMA, data, "", ctx)
     if ctx.problems:
         raise ConfigError(ctx.problems)
@@ -669,6 +825,8 @@ def parse_config(
         smtp=parts["smtp"],
         database=parts["database"],
         tickets=parts["tickets"],
+        agents=parts["agents"],
+        security=parts["security"],
         log_level=parts["log"]["level"],
         source=Path(os.path.abspath(source)) if source is not None else None,
     )

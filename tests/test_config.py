@@ -17,6 +17,7 @@ from mailtick.config import (
     Config,
     ConfigError,
     Key,
+    Many,
     Section,
     describe,
     load_config,
@@ -26,6 +27,13 @@ from mailtick.config import (
 EXAMPLE = Path(__file__).resolve().parent.parent / "config.toml"
 EXAMPLE_ENV = {"MAILTICK_IMAP_PASSWORD": "imap-secret", "MAILTICK_SMTP_PASSWORD": "smtp-secret"}
 SECRET_CHOICES = "give one of password, password_file, password_env"
+
+
+def example_text(tmp_path: Path) -> str:
+    """config.toml with its reply-token secret file in tmp_path (`mailtick init` writes it)."""
+    secret = tmp_path / "reply-secret"
+    secret.write_text("cd" * 32 + "\n")
+    return EXAMPLE.read_text().replace('"/var/lib/mailtick/reply-secret"', f'"{secret}"')
 
 
 def minimal() -> dict[str, Any]:
@@ -56,7 +64,9 @@ def problems(
 
 def schema_keys(section: Section = SCHEMA, prefix: str = "") -> Iterator[tuple[str, Key]]:
     for name, spec in section.keys.items():
-        if isinstance(spec, Section):
+        if isinstance(spec, Many):
+            yield from schema_keys(spec.section, f"{prefix}{name}.")
+        elif isinstance(spec, Section):
             yield from schema_keys(spec, f"{prefix}{name}.")
         else:
             yield f"{prefix}{name}", spec
@@ -67,7 +77,7 @@ def example_key_lines() -> Iterator[tuple[str, str]]:
     section = ""
     for line in EXAMPLE.read_text().splitlines():
         bare = line.lstrip("# ")
-        if header := re.match(r"\[([\w.]+)\]", bare):
+        if header := re.match(r"\[\[?([\w.]+)\]", bare):
             section = header[1]
         elif key := re.match(r"(\w+)\s*=", bare):
             yield f"{section}.{key[1]}", bare
@@ -76,8 +86,16 @@ def example_key_lines() -> Iterator[tuple[str, str]]:
 # --- the documented example --------------------------------------------------------------------
 
 
-def test_example_loads_with_both_password_variables_set() -> None:
-    config = load_config(EXAMPLE, env=EXAMPLE_ENV)
+def test_example_loads_with_both_password_variables_set(tmp_path: Path) -> None:
+    secret = tmp_path / "reply-secret"
+    secret.write_text("ab" * 32 + "\n")
+    data = tomllib.loads(EXAMPLE.read_text())
+    data["security"]["secret_file"] = str(secret)  # `mailtick init` writes it on a real host
+    config = parse_config(data, env=EXAMPLE_ENV, source=EXAMPLE)
+    assert config.security.secret == b"\xab" * 32
+    assert [(a.name, a.addresses, a.display_name) for a in config.agents] == [
+        ("dana", ("dana@example.com",), "Dana Example")
+    ]
     assert (config.imap.host, config.imap.port, config.imap.security) == ("127.0.0.1", 993, "tls")
     assert config.imap.password == "imap-secret"
     assert config.smtp.password == "smtp-secret"
@@ -92,6 +110,8 @@ def test_example_without_the_variables_names_both() -> None:
     assert info.value.problems == [
         "imap.password_env: environment variable MAILTICK_IMAP_PASSWORD is not set",
         "smtp.password_env: environment variable MAILTICK_SMTP_PASSWORD is not set",
+        "security.secret_file: cannot read /var/lib/mailtick/reply-secret: No such file or "
+        f'directory (run "mailtick init -c {EXAMPLE}" to create it)',
     ]
 
 
@@ -118,8 +138,10 @@ def test_example_shows_the_defaults() -> None:
         *sections, name = dotted.split(".")
         for section in sections:
             table = table[section]
-        stated = f"# default {json.dumps(key.default)}" in lines[dotted]
-        assert table[name] == key.default or stated, dotted
+            table = table[0] if isinstance(table, list) else table  # [[agents]]: the first
+        default = list(key.default) if isinstance(key.default, tuple) else key.default
+        stated = f"# default {json.dumps(default)}" in lines[dotted]
+        assert table[name] == default or stated, dotted
 
 
 # --- problems: one line per bad key, all of them ----------------------------------------------
@@ -382,7 +404,7 @@ def test_relative_config_path_does_not_depend_on_the_working_directory(
 ) -> None:
     (tmp_path / "etc").mkdir()
     (tmp_path / "etc" / "config.toml").write_text(
-        EXAMPLE.read_text().replace("////var/lib/", "///")
+        example_text(tmp_path).replace("////var/lib/", "///")
     )
     monkeypatch.chdir(tmp_path)
     config = load_config(Path("etc/config.toml"), env=EXAMPLE_ENV)
@@ -424,7 +446,54 @@ def test_missing_config_file_names_the_path(tmp_path: Path) -> None:
 
 def test_values_from_a_toml_file_are_checked(tmp_path: Path) -> None:
     path = tmp_path / "config.toml"
-    path.write_text(EXAMPLE.read_text().replace("port = 993", "port = true"))
+    path.write_text(example_text(tmp_path).replace("port = 993", "port = true"))
     with pytest.raises(ConfigError) as info:
         load_config(path, env=EXAMPLE_ENV)
     assert info.value.problems == ["imap.port: expected an integer, got a boolean"]
+
+
+# --- agents and the reply-token secret ---------------------------------------------------------
+
+
+def with_agents(
+    tmp_path: Path, *agents: dict[str, object], secret: str = "ab" * 32
+) -> dict[str, Any]:
+    (tmp_path / "secret").write_text(secret)
+    data = minimal()
+    data["security"] = {"secret_file": str(tmp_path / "secret")}
+    data["agents"] = list(agents)
+    return data
+
+
+def test_agents_are_read_with_their_secret(tmp_path: Path) -> None:
+    config = parse(with_agents(tmp_path, {"name": "dana", "addresses": ["Dana@Example.com"]}))
+    [agent] = config.agents
+    assert (agent.name, agent.addresses, agent.queues) == (
+        "dana",
+        ("dana@example.com",),
+        ("default",),
+    )
+    assert config.security.secret == b"\xab" * 32 and config.security.token_days == 90
+
+
+def test_without_agents_no_secret_is_needed() -> None:
+    assert parse(minimal()).agents == ()
+
+
+def test_agent_problems_name_the_entry(tmp_path: Path) -> None:
+    data = with_agents(
+        tmp_path,
+        {"name": "dana", "addresses": ["dana@example.com"]},
+        {"name": "dana", "addresses": ["DANA@example.com", "not an address"]},
+        {"name": "Eli Smith", "addresses": []},
+        secret="short",
+    )
+    found = problems(data)
+    assert (
+        "agents[1].addresses: expected plain addresses such as "
+        '"dana@example.com", got "not an address"' in found
+    )
+    assert any(p.startswith("agents[2].name: expected a short lower-case name") for p in found)
+    assert "agents[2].addresses: expected a non-empty array of strings, got an array" in found
+    assert 'agents[1].name: "dana" is used by another agent' in found
+    assert "security: the reply-token secret has 5 bytes, needs 32" in found
