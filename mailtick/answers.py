@@ -1,7 +1,8 @@
 """Composing our outgoing mail: jinja2 body + safe headers -> OutgoingMail. Touches nothing.
 
-Values taken from incoming mail reach headers only through `email.headerregistry`
-(validated, RFC 2047-encoded, CR/LF impossible) and templates only as data.
+Values taken from incoming mail reach headers only through `text_header` and
+`address_header` (control characters removed, RFC 2047-encoded, addresses checked)
+and templates only as data.
 """
 
 from __future__ import annotations
@@ -9,16 +10,21 @@ from __future__ import annotations
 import email.charset
 import email.policy
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from email import encoders
 from email.header import Header
 from email.headerregistry import Address
 from email.message import Message
+from email.mime.base import MIMEBase
+from email.mime.multipart import MIMEMultipart
 from email.utils import format_datetime, formataddr, make_msgid, parseaddr
 
 import jinja2
 
 from mailtick.ingest.classify import LOOP_HEADER
+from mailtick.mail import Attachment
 from mailtick.threading.subject import normalise, tag
 
 LANGUAGES = ("de", "en")
@@ -38,15 +44,19 @@ class OutgoingMail:
 
 @dataclass(frozen=True)
 class Reply:
-    """What an answer needs of the ticket and of the mail it answers."""
+    """What a mail needs of its ticket and of the mail it answers."""
 
     number: str
     title: str
     language: str
     to_addr: str
     to_name: str
-    in_reply_to: str  # the customer's Message-ID
+    in_reply_to: str  # the Message-ID this mail answers ("" for none)
     references: tuple[str, ...]
+    from_name: str | None = None  # None: the support address's own display name
+    reply_to: str = ""  # a Reply-To address (an agent's token address)
+    attachments: tuple[Attachment, ...] = ()
+    auto_submitted: str = "auto-replied"  # RFC 3834; "auto-generated" for notifications
 
 
 class Composer:
@@ -62,12 +72,14 @@ class Composer:
             undefined=jinja2.StrictUndefined,
             autoescape=False,  # plain-text mail; values are data, never template source
             keep_trailing_newline=True,
+            auto_reload=False,  # templates ship with the package: no stat() per mail
         )
 
     def acknowledgement(self, reply: Reply) -> OutgoingMail:
-        return self.compose("ack", reply, auto_submitted="auto-replied")
+        return self.compose("ack", reply)
 
-    def compose(self, template: str, reply: Reply, auto_submitted: str) -> OutgoingMail:
+    def compose(self, template: str, reply: Reply, **context: object) -> OutgoingMail:
+        """Render `<template>.<language>.txt.j2` with the ticket facts and `context`."""
         language = reply.language if reply.language in LANGUAGES else self.default_language
         body = self.env.get_template(f"{template}.{language}.txt.j2").render(
             number=reply.number,
@@ -76,24 +88,28 @@ class Composer:
             customer_name=reply.to_name,
             support_address=self.sender.addr_spec,
             support_name=self.sender.display_name or self.sender.addr_spec,
+            **context,
         )
-        return self._envelope(reply, body, language, auto_submitted)
+        return self._envelope(reply, body, language)
 
-    def _envelope(self, reply: Reply, body: str, language: str, auto: str) -> OutgoingMail:
+    def _envelope(self, reply: Reply, body: str, language: str) -> OutgoingMail:
         message_id = make_msgid(idstring=f"{self.prefix}{reply.number}", domain=self.sender.domain)
         subject = f"{tag(self.prefix, reply.number)} {normalise(reply.title, self.prefix)}"
+        from_name = self.sender.display_name if reply.from_name is None else reply.from_name
         headers: list[tuple[str, str | Header]] = [
-            ("From", address_header(self.sender.addr_spec, self.sender.display_name)),
+            ("From", address_header(self.sender.addr_spec, from_name)),
             ("To", address_header(reply.to_addr, reply.to_name)),
             ("Subject", text_header(subject)),
             ("Date", format_datetime(datetime.now(UTC), usegmt=True)),
             ("Message-ID", message_id),
         ]
+        if reply.reply_to:
+            headers.append(("Reply-To", address_header(reply.reply_to, "")))
         if reply.in_reply_to:
             references = " ".join((*reply.references[-10:], reply.in_reply_to))
             headers += [("In-Reply-To", reply.in_reply_to), ("References", references)]
         headers += [
-            ("Auto-Submitted", auto),
+            ("Auto-Submitted", reply.auto_submitted),
             ("X-Auto-Response-Suppress", "All"),
             (LOOP_HEADER, f"{self.sender.addr_spec} {reply.number}"),
             ("Content-Language", language),
@@ -102,11 +118,11 @@ class Composer:
         return OutgoingMail(
             message_id=message_id,
             mail_from=self.sender.addr_spec,
-            from_name=self.sender.display_name,
+            from_name=from_name,
             rcpt_to=(reply.to_addr,),
             subject=subject,
             text=body,
-            raw=render_mail(headers, body),
+            raw=render_mail(headers, body, reply.attachments),
         )
 
 
@@ -117,6 +133,7 @@ _UTF8 = email.charset.Charset("utf-8")
 _UTF8.header_encoding = email.charset.QP
 _UTF8.body_encoding = email.charset.QP
 _WIRE = email.policy.compat32.clone(linesep="\r\n")
+_TOKEN = re.compile(r"[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,63}")
 _ADDR_SPEC = re.compile(r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+@[A-Za-z0-9.-]+$")
 
 
@@ -142,9 +159,30 @@ def address_header(addr: str, name: str) -> str:
     return formataddr((" ".join(_CONTROL.sub(" ", name).split()), addr), charset=_UTF8)
 
 
-def render_mail(headers: list[tuple[str, str | Header]], body: str) -> bytes:
-    msg = Message()
+def render_mail(
+    headers: list[tuple[str, str | Header]], body: str, attachments: Sequence[Attachment] = ()
+) -> bytes:
+    text = Message()
+    text.set_payload(body, _UTF8)  # text/plain; charset="utf-8", quoted-printable
+    msg: Message = MIMEMultipart("mixed") if attachments else text
+    if attachments:
+        msg.attach(text)
+        for item in attachments:
+            msg.attach(_attachment(item))
     for name, value in headers:
+        if name == "MIME-Version" and "MIME-Version" in msg:
+            continue
         msg[name] = value  # type: ignore[assignment]  # compat32 takes Header objects
-    msg.set_payload(body, _UTF8)
     return msg.as_bytes(policy=_WIRE)
+
+
+def _attachment(item: Attachment) -> MIMEBase:
+    maintype, _, subtype = item.content_type.partition("/")
+    if not _TOKEN.fullmatch(maintype) or not _TOKEN.fullmatch(subtype):
+        maintype, subtype = "application", "octet-stream"
+    part = MIMEBase(maintype, subtype)
+    part.set_payload(item.data)
+    encoders.encode_base64(part)
+    name = " ".join(_CONTROL.sub(" ", item.filename).split()) or "attachment"
+    part.add_header("Content-Disposition", "attachment", filename=("utf-8", "", name))
+    return part

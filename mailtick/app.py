@@ -15,10 +15,12 @@ from dataclasses import dataclass
 from mailtick.answers import Composer
 from mailtick.config import Config
 from mailtick.db import check_durability
+from mailtick.identify import Desk
 from mailtick.ingest.parse import warm_up
 from mailtick.ingest.watch import Counts, Watcher
 from mailtick.ingest.workers import ParsePool
 from mailtick.pipeline import Pipeline
+from mailtick.security import TokenSigner
 from mailtick.send import SendCounts, Sender
 from mailtick.store import Store
 from mailtick.tickets import RecordSettings
@@ -44,7 +46,12 @@ class Daemon:
         self.pipeline = Pipeline(
             store=self.store,
             composer=self.composer,
-            settings=RecordSettings(config.tickets.prefix, config.tickets.reopen_days),
+            settings=RecordSettings(
+                config.tickets.prefix,
+                config.tickets.reopen_days,
+                desk=make_desk(config, self.composer),
+                agent_language=config.tickets.default_language,
+            ),
             max_bytes=config.tickets.max_mail_bytes,
             default_language=config.tickets.default_language,
             outbox_changed=self.sender.notify,
@@ -122,3 +129,15 @@ class Daemon:
             return OnceResult(ingest, self.sender.totals)
         finally:
             await self.close()
+
+
+def make_desk(config: Config, composer: Composer) -> Desk | None:
+    """The agents and the signer of their reply tokens; None without agents."""
+    if not config.agents:
+        return None
+    return Desk(
+        agents=config.agents,
+        signer=TokenSigner(config.security.secret, config.security.token_days),
+        support_addr=composer.sender.addr_spec.lower(),
+        authserv_id=config.security.authserv_id,
+    )

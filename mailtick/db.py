@@ -67,6 +67,11 @@ class Ticket(Row):
     closed_at = pw.DateTimeField(null=True)
     linked_to = pw.ForeignKeyField("self", null=True, backref="links", on_delete="SET NULL")
     linked_to_id: int | None
+    queue = pw.CharField(max_length=40, default="default")
+    owner = pw.CharField(max_length=40, null=True)  # the agent who answered last (seed 000)
+    priority = pw.CharField(max_length=10, default="normal")  # urgent | high | normal | low
+    merged_into = pw.ForeignKeyField("self", null=True, on_delete="SET NULL")
+    merged_into_id: int | None
 
 
 class Message(Row):
@@ -76,7 +81,9 @@ class Message(Row):
     ticket_id: int
     message_id = pw.CharField(unique=True, max_length=255)
     direction = pw.CharField(max_length=3)  # "in" | "out"
-    kind = pw.CharField(max_length=20, default="customer")  # customer | automatic | ack
+    # in: customer | automatic | agent | note | agent-error
+    # out: ack | notification | relay | note | command-error | stranger | split
+    kind = pw.CharField(max_length=20, default="customer")
     author_addr = pw.CharField(max_length=320)
     author_name = pw.TextField(default="")
     subject = pw.TextField(default="")
@@ -84,6 +91,7 @@ class Message(Row):
     data = pw.BlobField()  # the mail exactly as received or sent
     thread_rule = pw.CharField(max_length=40, default="")
     thread_detail = pw.TextField(default="")
+    flag = pw.TextField(default="")  # why this mail is suspicious (a forged agent From, ...)
     mailbox = pw.CharField(max_length=255, null=True)
     uidvalidity = pw.BigIntegerField(null=True)
     uid = pw.BigIntegerField(null=True)
@@ -91,6 +99,27 @@ class Message(Row):
 
     class Meta:
         indexes = ((("mailbox", "uidvalidity", "uid"), False),)
+
+
+class Participant(Row):
+    """Who may write into a ticket: the requester and the customers they copied in."""
+
+    ticket = pw.ForeignKeyField(Ticket, backref="participants", on_delete="CASCADE")
+    address = pw.CharField(max_length=320)
+    role = pw.CharField(max_length=20)  # requester | cc
+
+    class Meta:
+        indexes = ((("ticket", "address"), True),)
+
+
+class Wish(Row):
+    """A feature wish: every "that isn't possible" an agent records with #wish (seed 003)."""
+
+    name = pw.CharField(max_length=200, unique=True)
+    count = pw.IntegerField(default=0)
+    status = pw.CharField(max_length=20, default="open")
+    first_at = pw.DateTimeField(default=utcnow)
+    last_at = pw.DateTimeField(default=utcnow)
 
 
 class Attachment(Row):
@@ -145,6 +174,8 @@ MODELS: tuple[type[BaseModel], ...] = (
     MailboxCursor,
     Ticket,
     Message,
+    Participant,
+    Wish,
     Attachment,
     Outbox,
     Event,

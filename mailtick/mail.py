@@ -46,6 +46,12 @@ class ParsedMail:
     attachments: tuple[Attachment, ...] = ()
     headers: dict[str, str] = field(default_factory=dict)  # lower-cased name -> first value
     defects: tuple[str, ...] = ()
+    header_list: tuple[tuple[str, str], ...] = ()  # every (lower-cased name, value), in order
 
     def header(self, name: str) -> str:
         return self.headers.get(name.lower(), "")
+
+    def header_values(self, name: str) -> list[str]:
+        """Every value of a header, topmost (added last on the way in) first."""
+        wanted = name.lower()
+        return [value for key, value in self.header_list if key == wanted]

@@ -19,13 +19,16 @@ from mailtick.db import (
     Event,
     Message,
     Outbox,
+    Participant,
     Ticket,
     execute,
     insert_row,
     utcnow,
     write_transaction,
 )
+from mailtick.identify import Desk, Identity
 from mailtick.ingest.classify import Disposition
+from mailtick.ingest.quotes import split_reply
 from mailtick.mail import ParsedMail, RawMail
 from mailtick.numbers import FIRST_SEQUENCE, ticket_number
 from mailtick.outcomes import Ignored
@@ -46,6 +49,8 @@ class Recorded:
 class RecordSettings:
     prefix: str
     reopen_days: int
+    desk: Desk | None = None  # the agents and their reply tokens; None: no agents configured
+    agent_language: str = "en"  # language of the mails to agents
 
 
 def record(
@@ -78,13 +83,19 @@ def record_mail(
     lookup = Lookup(mail, settings.prefix)
     if lookup.ticket_of(mail.message_id) is not None:
         raise Ignored(f"duplicate Message-ID {mail.message_id}")
-    decision = resolve(lookup, settings.reopen_days)
     now = utcnow()
+    identity = settings.desk.identify(mail) if settings.desk else Identity(None, None)
+    if identity.agent is not None and identity.token is not None:
+        from mailtick.agentmail import record_agent_mail  # it builds on this module
+
+        return record_agent_mail(raw, mail, identity.agent, identity.token, settings, composer, now)
+    decision = participants_only(resolve(lookup, settings.reopen_days), mail, settings.desk)
     if decision.ticket is None:
         ticket = _open_ticket(mail, decision, settings.prefix, now)
     else:
         ticket = _touch_ticket(decision.ticket, decision, now)
-    _store_message(ticket, raw, mail, disposition, decision, now)
+    _store_message(ticket, raw, mail, disposition, decision, now, flag=identity.warning)
+    add_participants(ticket, mail, settings.desk, new=decision.ticket is None)
     acknowledged = decision.ticket is None and not disposition.automatic
     if acknowledged and not usable_address(mail.from_addr):
         Event.create(
@@ -93,6 +104,10 @@ def record_mail(
         acknowledged = False
     if acknowledged:
         queue_mail(ticket, composer.acknowledgement(reply_to(ticket, mail)), "ack", now)
+    if settings.desk is not None and not disposition.automatic:
+        notify_agents(ticket, mail, settings, composer, now, identity.warning)
+        if decision.outsider_of is not None:
+            tell_owner(decision.outsider_of, ticket, mail, settings, composer, now)
     return Recorded(
         ticket_number=str(ticket.number),
         new_ticket=decision.ticket is None,
@@ -136,6 +151,10 @@ def _open_ticket(mail: ParsedMail, decision: Decision, prefix: str, now: datetim
 
 def _touch_ticket(ticket: Ticket, decision: Decision, now: datetime) -> Ticket:
     ticket.updated_at = now
+    if ticket.status in ("answered", "waiting"):  # the customer wrote back: work to do
+        ticket.status = "open"
+        ticket.save()
+        return ticket
     if not decision.reopen:
         execute(_db(), "UPDATE ticket SET updated_at = {p} WHERE id = {p}", now, ticket.id)
         return ticket
@@ -153,6 +172,7 @@ def _store_message(
     disposition: Disposition,
     decision: Decision,
     now: datetime,
+    flag: str = "",
 ) -> int:
     message_id = insert_row(
         _db(),
@@ -168,6 +188,7 @@ def _store_message(
         data=mail.raw,
         thread_rule=decision.rule,
         thread_detail=decision.detail,
+        flag=flag,
         mailbox=raw.mailbox if raw else None,
         uidvalidity=raw.uidvalidity if raw else None,
         uid=raw.uid if raw else None,
@@ -230,3 +251,125 @@ def queue_mail(ticket: Ticket, out: OutgoingMail, kind: str, now: datetime) -> i
         created_at=now,
         next_attempt_at=now,
     )
+
+
+# -- agents: who may write into a ticket, who is told --------------------------------------
+
+
+def is_participant(ticket: Ticket, addr: str, desk: Desk | None) -> bool:
+    """The requester, customers copied in, and the agents may write into a ticket."""
+    if desk is not None and desk.agent_by_address(addr) is not None:
+        return True
+    query = Participant.select(Participant.id).where(
+        (Participant.ticket == ticket) & (Participant.address == addr)
+    )
+    return addr == ticket.requester or bool(query.exists())
+
+
+def participants_only(decision: Decision, mail: ParsedMail, desk: Desk | None) -> Decision:
+    """A mail from a stranger never lands in someone else's ticket: it opens a new
+    ticket linked to the one it named, whose owner is told."""
+    ticket = decision.ticket
+    if ticket is None or is_participant(ticket, mail.from_addr, desk):
+        return decision
+    detail = f"{decision.rule} {decision.detail}: {mail.from_addr} is not a participant"
+    return Decision(None, "new", detail, link_to=int(ticket.id), outsider_of=ticket)
+
+
+def add_participants(ticket: Ticket, mail: ParsedMail, desk: Desk | None, new: bool) -> None:
+    """The requester and every customer address a participant copied in."""
+    ours = desk.addresses() if desk is not None else set()
+    wanted = {mail.from_addr} if new else set()
+    wanted |= {addr for addr in (*mail.to, *mail.cc) if addr not in ours and not _ours(addr, desk)}
+    known = {p.address for p in Participant.select().where(Participant.ticket == ticket)}
+    for addr in sorted(wanted - known):
+        role = "requester" if addr == ticket.requester else "cc"
+        insert_row(_db(), Participant, ticket=ticket.id, address=addr, role=role)
+
+
+def _ours(addr: str, desk: Desk | None) -> bool:
+    """The support address and its plus-addresses (support+r-...@)."""
+    if desk is None:
+        return False
+    local, _, domain = desk.support_addr.partition("@")
+    their_local, _, their_domain = addr.partition("@")
+    return their_domain == domain and their_local.split("+", 1)[0] == local
+
+
+def notify_agents(
+    ticket: Ticket,
+    mail: ParsedMail,
+    settings: RecordSettings,
+    composer: Composer,
+    now: datetime,
+    warning: str,
+) -> None:
+    """Tell the responsible agents about a customer's mail, with both reply paths."""
+    desk = settings.desk
+    assert desk is not None
+    count = Message.select().where(Message.ticket == ticket).count()
+    names = ", ".join(a.filename for a in mail.attachments)
+    customer = f"{mail.from_name} <{mail.from_addr}>" if mail.from_name else mail.from_addr
+    for agent in desk.responsible(ticket):
+        reply = Reply(
+            number=str(ticket.number),
+            title=str(ticket.subject),
+            language=settings.agent_language,
+            to_addr=agent.addresses[0],
+            to_name=agent.display_name,
+            in_reply_to="",
+            references=(),
+            from_name=f"{mail.from_name or mail.from_addr} via {composer.sender.display_name}",
+            reply_to=desk.token_address("r", str(ticket.number), agent.name),
+            attachments=mail.attachments,
+            auto_submitted="auto-generated",
+        )
+        out = composer.compose(
+            "notification",
+            reply,
+            new=count <= 2,
+            warning=warning,
+            customer=customer,
+            status=ticket.status,
+            priority=ticket.priority,
+            owner=ticket.owner or "",
+            age=_age(ticket.created_at, now),
+            messages=count,
+            attachments=names,
+            text=split_reply(mail.text).visible.strip() or "(no text)",
+            note_address=desk.token_address("n", str(ticket.number), agent.name),
+        )
+        queue_mail(ticket, out, "notification", now)
+
+
+def tell_owner(
+    named: Ticket,
+    new: Ticket,
+    mail: ParsedMail,
+    settings: RecordSettings,
+    composer: Composer,
+    now: datetime,
+) -> None:
+    """A stranger named `named`: its owner (or queue) learns of the linked ticket `new`."""
+    desk = settings.desk
+    assert desk is not None
+    for agent in desk.responsible(named):
+        reply = Reply(
+            number=str(named.number),
+            title=str(named.subject),
+            language=settings.agent_language,
+            to_addr=agent.addresses[0],
+            to_name=agent.display_name,
+            in_reply_to="",
+            references=(),
+            auto_submitted="auto-generated",
+        )
+        out = composer.compose(
+            "stranger", reply, stranger=mail.from_addr, new_tag=f"[{settings.prefix}#{new.number}]"
+        )
+        queue_mail(named, out, "stranger", now)
+
+
+def _age(created: datetime, now: datetime) -> str:
+    hours = int((now - created).total_seconds() // 3600)
+    return f"{hours // 24} d" if hours >= 48 else f"{hours} h"

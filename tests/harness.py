@@ -50,7 +50,10 @@ def settings(
         "database": {"url": db_url},
     }
     for name, values in sections.items():
-        data.setdefault(name, {}).update(values)
+        if isinstance(values, list):  # an array of tables: [[agents]]
+            data[name] = values
+        else:
+            data.setdefault(name, {}).update(values)
     return data
 
 

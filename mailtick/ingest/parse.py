@@ -34,6 +34,7 @@ def parse(raw: bytes, default_language: str = "en") -> ParsedMail:
     message: Message = parsed.message
     from_name, from_addr = _from(message)
     text = _text(parsed)
+    header_list = tuple((k.lower(), clean_header(v)) for k, v in message.items())
     return ParsedMail(
         raw=raw,
         message_id=_message_id(message, raw),
@@ -48,8 +49,9 @@ def parse(raw: bytes, default_language: str = "en") -> ParsedMail:
         text=text,
         language=detect_language(text, default_language),
         attachments=tuple(_attachments(parsed.attachments)),
-        headers={k.lower(): clean_header(v) for k, v in reversed(message.items())},
+        headers=dict(reversed(header_list)),
         defects=tuple(str(d) for d in parsed.defects),
+        header_list=header_list,
     )
 
 

@@ -33,6 +33,7 @@ class Decision:
     detail: str = ""
     reopen: bool = False
     link_to: int | None = None
+    outsider_of: Ticket | None = None  # the ticket a non-participant tried to write into
 
 
 class Lookup:

@@ -1,0 +1,269 @@
+"""Stage `record` for a verified agent's mail: commands, relay to the customer, notes. Database.
+
+Called by tickets.record_mail, inside the same transaction, only for a mail whose
+identity was verified (identify.py): a valid reply token of this agent AND the
+agent's From. The reply is stripped of the quoted notification and the agent's
+signature; command lines at its top are parsed first, and when any of them is
+wrong, nothing is executed or relayed and the agent gets an error mail instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+
+from mailtick.answers import Composer, Reply
+from mailtick.commands import Command, parse_commands
+from mailtick.commands import help_text as command_help
+from mailtick.config import AgentConfig
+from mailtick.db import Event, Message, Participant, Ticket, Wish, insert_row
+from mailtick.identify import Desk
+from mailtick.ingest.quotes import split_reply
+from mailtick.mail import ParsedMail, RawMail
+from mailtick.outcomes import Rejected
+from mailtick.security import ReplyToken
+from mailtick.tickets import (
+    Recorded,
+    RecordSettings,
+    _db,
+    next_number,
+    queue_mail,
+)
+
+
+def record_agent_mail(
+    raw: RawMail | None,
+    mail: ParsedMail,
+    agent: AgentConfig,
+    token: ReplyToken,
+    settings: RecordSettings,
+    composer: Composer,
+    now: datetime,
+) -> Recorded:
+    desk = settings.desk
+    assert desk is not None
+    ticket = _target(token.ticket)
+    parsed = parse_commands(split_reply(mail.text).visible, [a.name for a in desk.agents])
+    note = token.kind == "n" or any(c.name == "note" for c in parsed.commands)
+    kind = "agent-error" if parsed.errors else ("note" if note else "agent")
+    _store(ticket, raw, mail, agent, kind, parsed.body, now)
+    acting = Acting(ticket, agent, mail, settings, composer, now)
+    if parsed.errors:
+        acting.command_error(list(parsed.errors))
+        return acting.recorded("reply-token: commands refused")
+    if note:
+        acting.note(parsed.body)
+    elif parsed.body.strip():
+        acting.relay(parsed.body)
+    for command in parsed.commands:
+        COMMANDS[command.name](acting, command)
+    acting.ticket.updated_at = now
+    acting.ticket.save()
+    return acting.recorded("reply-token")
+
+
+def _target(number: str) -> Ticket:
+    """The ticket a token names, following merges."""
+    ticket = Ticket.get_or_none(Ticket.number == number)
+    for _ in range(10):
+        if ticket is None or ticket.merged_into_id is None:
+            break
+        ticket = Ticket.get_by_id(ticket.merged_into_id)
+    if ticket is None:
+        raise Rejected(f"reply token names ticket {number}, which does not exist")
+    return ticket
+
+
+def _store(
+    ticket: Ticket,
+    raw: RawMail | None,
+    mail: ParsedMail,
+    agent: AgentConfig,
+    kind: str,
+    text: str,
+    now: datetime,
+) -> None:
+    insert_row(
+        _db(),
+        Message,
+        ticket=ticket.id,
+        message_id=mail.message_id,
+        direction="in",
+        kind=kind,
+        author_addr=mail.from_addr,
+        author_name=agent.display_name or agent.name,
+        subject=mail.subject,
+        text=text,
+        data=mail.raw,
+        thread_rule="reply-token",
+        thread_detail=f"agent {agent.name}",
+        mailbox=raw.mailbox if raw else None,
+        uidvalidity=raw.uidvalidity if raw else None,
+        uid=raw.uid if raw else None,
+        created_at=now,
+    )
+
+
+class Acting:
+    """One agent acting on one ticket: the effects of an agent's mail."""
+
+    def __init__(
+        self,
+        ticket: Ticket,
+        agent: AgentConfig,
+        mail: ParsedMail,
+        settings: RecordSettings,
+        composer: Composer,
+        now: datetime,
+    ) -> None:
+        self.ticket, self.agent, self.mail = ticket, agent, mail
+        self.settings, self.composer, self.now = settings, composer, now
+        self.desk: Desk = settings.desk  # type: ignore[assignment]  # checked by the caller
+        self.relayed = False
+
+    def recorded(self, rule: str) -> Recorded:
+        return Recorded(str(self.ticket.number), False, rule, False, self.relayed)
+
+    def event(self, kind: str, detail: str, ticket: Ticket | None = None) -> None:
+        Event.create(ticket=ticket or self.ticket, at=self.now, kind=kind, detail=detail)
+
+    def _to_agent(self, agent: AgentConfig, template: str, **context: object) -> None:
+        reply = Reply(
+            number=str(self.ticket.number),
+            title=str(self.ticket.subject),
+            language=self.settings.agent_language,
+            to_addr=agent.addresses[0],
+            to_name=agent.display_name,
+            in_reply_to=self.mail.message_id,
+            references=self.mail.references,
+            auto_submitted="auto-generated",
+        )
+        queue_mail(
+            self.ticket, self.composer.compose(template, reply, **context), template, self.now
+        )
+
+    def command_error(self, errors: list[str]) -> None:
+        help_text = command_help(self.settings.agent_language)
+        self._to_agent(self.agent, "command_error", errors=errors, help=help_text)
+        self.event("command-error", f"{self.agent.name}: " + "; ".join(errors))
+
+    def note(self, text: str) -> None:
+        others = [a for a in self.desk.responsible(self.ticket) if a.name != self.agent.name]
+        if self.ticket.owner and self.ticket.owner != self.agent.name:
+            others += [
+                a for a in self.desk.agents if a.name == self.ticket.owner and a not in others
+            ]
+        for other in others:
+            self._to_agent(
+                other, "note", agent_name=self.agent.display_name or self.agent.name, note_text=text
+            )
+        self.event("note", f"by {self.agent.name}")
+
+    def relay(self, text: str) -> None:
+        """The agent's answer goes to the customer from the support address."""
+        last = _last_customer_message(self.ticket)
+        display = self.agent.display_name or self.agent.name
+        reply = Reply(
+            number=str(self.ticket.number),
+            title=str(self.ticket.subject),
+            language=str(self.ticket.language),
+            to_addr=str(self.ticket.requester),
+            to_name=str(self.ticket.requester_name),
+            in_reply_to=last.message_id if last else "",
+            references=_references(last),
+            from_name=f"{display} via {self.composer.sender.display_name or 'support'}",
+            attachments=self.mail.attachments,
+            auto_submitted="no",
+        )
+        out = self.composer.compose("relay", reply, agent_text=text.strip(), agent_name=display)
+        queue_mail(self.ticket, out, "relay", self.now)
+        self.ticket.status = "answered"
+        self.ticket.owner = self.agent.name  # the recurring contact person (seed 000)
+        self.relayed = True
+        self.event("answered", f"by {self.agent.name}")
+
+    # -- commands: (name -> effect), interpreted by record_agent_mail ---------------------
+
+    def set_status(self, status: str) -> None:
+        self.ticket.status = status
+        self.ticket.closed_at = self.now if status == "closed" else None
+        self.event("status", f"{status} by {self.agent.name}")
+
+    def assign(self, name: str) -> None:
+        self.ticket.owner = name
+        self.event("assigned", f"to {name} by {self.agent.name}")
+
+    def priority(self, level: str) -> None:
+        self.ticket.priority = level
+        self.event("priority", f"{level} by {self.agent.name}")
+
+    def merge(self, number: str) -> None:
+        target = Ticket.get_or_none(Ticket.number == number)
+        if target is None or target.id == self.ticket.id:
+            self.event("command-error", f"#merge {number}: no such other ticket")
+            return
+        source = self.ticket
+        Message.update(ticket=target).where(Message.ticket == source).execute()
+        for person in Participant.select().where(Participant.ticket == source):
+            known = Participant.select().where(
+                (Participant.ticket == target) & (Participant.address == person.address)
+            )
+            if not known.exists():
+                insert_row(_db(), Participant, ticket=target.id, address=person.address, role="cc")
+        source.status, source.closed_at, source.merged_into = "closed", self.now, target
+        self.event("merged", f"into {number} by {self.agent.name}")
+        self.event("merged", f"{source.number} merged in by {self.agent.name}", ticket=target)
+
+    def wish(self, name: str) -> None:
+        if not Wish.select().where(Wish.name == name).exists():
+            insert_row(_db(), Wish, name=name, first_at=self.now)
+        Wish.update(count=Wish.count + 1, last_at=self.now).where(Wish.name == name).execute()
+        self.event("wish", f'"{name}" recorded by {self.agent.name}')
+
+    def split(self) -> None:
+        """The last customer message becomes a new ticket linked to this one."""
+        last = _last_customer_message(self.ticket)
+        if last is None:
+            self.event("command-error", "#split: no customer message to split off")
+            return
+        new = Ticket.create(
+            number=next_number(),
+            subject=str(last.subject) or str(self.ticket.subject),
+            requester=self.ticket.requester,
+            requester_name=self.ticket.requester_name,
+            language=self.ticket.language,
+            created_at=self.now,
+            updated_at=self.now,
+            linked_to=self.ticket,
+        )
+        Message.update(ticket=new).where(Message.id == last.id).execute()
+        self.event("split", f"message moved to {new.number} by {self.agent.name}")
+        self.event("split", f"split from {self.ticket.number} by {self.agent.name}", ticket=new)
+
+
+def _last_customer_message(ticket: Ticket) -> Message | None:
+    found: Message | None = (
+        Message.select()
+        .where(
+            (Message.ticket == ticket) & (Message.direction == "in") & (Message.kind == "customer")
+        )
+        .order_by(Message.created_at.desc(), Message.id.desc())
+        .first()
+    )
+    return found
+
+
+def _references(message: Message | None) -> tuple[str, ...]:
+    return () if message is None else (str(message.message_id),)
+
+
+COMMANDS: dict[str, Callable[[Acting, Command], None]] = {
+    "close": lambda acting, c: acting.set_status("closed"),
+    "status": lambda acting, c: acting.set_status(c.arg),
+    "assign": lambda acting, c: acting.assign(c.arg),
+    "priority": lambda acting, c: acting.priority(c.arg),
+    "note": lambda acting, c: None,  # handled before: the whole mail is a note
+    "merge": lambda acting, c: acting.merge(c.arg),
+    "wish": lambda acting, c: acting.wish(c.arg),
+    "split": lambda acting, c: acting.split(),
+}

@@ -1,0 +1,280 @@
+"""Agents work by mail: notifications, relayed answers, notes, commands; forgeries change nothing."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import peewee as pw
+import pytest
+from harness import make_config, run_once
+from servers import Dovecot, ImapTestClient, ReceivedMail, SmtpSink, make_mail
+
+from mailtick.config import Config
+from mailtick.db import Event, Message, Ticket, Wish, open_database
+
+CUSTOMER = "Jörg Beispiel <joerg@kunde.example>"
+DANA = "dana@example.com"
+ELI = "eli@example.com"
+REQUEST = (
+    "Guten Tag,\n\nseit heute Morgen kommen unsere Mails an Kunden nicht mehr an. "
+    "Jede Mail kommt mit 550 5.7.1 zurück.\n\nViele Grüße\nJörg\n"
+)
+
+
+@pytest.fixture
+def desk_config(
+    dovecot: Dovecot, smtp_sink: SmtpSink, tmp_path: Path, db_url: str
+) -> Iterator[Config]:
+    secret = tmp_path / "reply-secret"
+    secret.write_text("5e" * 32)
+    yield make_config(
+        dovecot,
+        smtp_sink,
+        db_url,
+        security={"secret_file": str(secret), "authserv_id": "mx.example.com"},
+        agents=[
+            {"name": "dana", "addresses": [DANA], "display_name": "Dana Example"},
+            {"name": "eli", "addresses": [ELI], "display_name": "Eli Sample"},
+        ],
+        tickets={"default_language": "de"},
+    )
+
+
+@pytest.fixture
+def db(desk_config: Config) -> Iterator[pw.Database]:
+    database = open_database(desk_config.database.url)
+    yield database
+    database.close()
+
+
+def to(sink: SmtpSink, addr: str) -> list[ReceivedMail]:
+    return [m for m in sink.messages if addr in m.rcpt_tos]
+
+
+def open_ticket(client: ImapTestClient, sink: SmtpSink, config: Config) -> tuple[str, ReceivedMail]:
+    """A customer writes; returns the ticket number and Dana's notification."""
+    client.append(make_mail(from_addr=CUSTOMER, subject="Mails kommen nicht an", body=REQUEST))
+    run_once(config)
+    [ticket] = Ticket.select()
+    [notification] = to(sink, DANA)
+    return str(ticket.number), notification
+
+
+def agent_mail(notification: ReceivedMail, body: str, *, address: str = "", **kw: Any) -> bytes:
+    """An agent's reply as Thunderbird writes it: the notification quoted below."""
+    quoted = "\n".join("> " + line for line in notification.message.get_content().splitlines())
+    target = address or notification.message["Reply-To"].addresses[0].addr_spec
+    return make_mail(
+        from_addr=kw.pop("from_addr", f"Dana Example <{DANA}>"),
+        to_addr=target,
+        subject="Re: " + str(notification.message["Subject"]),
+        body=f"{body}\n\n-- \nDana Example\nExample Support\n\nAm 23.11.2026 um 09:12 schrieb Support:\n{quoted}\n",
+        in_reply_to=notification.message["Message-ID"],
+        **kw,
+    )
+
+
+def note_address(notification: ReceivedMail) -> str:
+    for line in notification.message.get_content().splitlines():
+        if "+n-" in line:
+            return line.split()[-1]
+    raise AssertionError("no note address in the notification")
+
+
+def test_notification_relayed_answer_and_the_customers_reply(
+    imap_client: ImapTestClient, smtp_sink: SmtpSink, desk_config: Config, db: pw.Database
+) -> None:
+    number, notification = open_ticket(imap_client, smtp_sink, desk_config)
+    body = notification.message.get_content()
+    assert "seit heute Morgen kommen unsere Mails" in body and "Viele Grüße" not in body
+    assert f"Neues Ticket {number}" in body and "+n-" in body
+    reply_to = notification.message["Reply-To"].addresses[0].addr_spec
+    assert reply_to.startswith(f"support+r-{number}-") and reply_to.endswith("@example.com")
+    assert len(to(smtp_sink, ELI)) == 1  # no owner yet: the whole queue is told
+
+    imap_client.append(
+        agent_mail(notification, "Hallo Herr Beispiel,\n\nbitte prüfen Sie Ihren SPF-Eintrag.")
+    )
+    run_once(desk_config)
+    [ack, answer] = to(smtp_sink, "joerg@kunde.example")
+    customer_id = ack.message["In-Reply-To"]
+    assert answer.message["From"].addresses[0].addr_spec == "support@example.com"
+    assert answer.message["From"].addresses[0].display_name == "Dana Example via Example Support"
+    assert answer.message["Subject"] == f"[MT#{number}] Mails kommen nicht an"
+    assert answer.message["In-Reply-To"] == customer_id
+    text = answer.message.get_content()
+    assert "bitte prüfen Sie Ihren SPF-Eintrag" in text
+    assert "schrieb Support" not in text and "Neues Ticket" not in text  # quote stripped
+    assert DANA.encode() not in answer.raw  # the agent's own address never reaches the customer
+    ticket = Ticket.get()
+    assert (ticket.status, ticket.owner) == ("answered", "dana")
+
+    imap_client.append(
+        make_mail(
+            from_addr=CUSTOMER,
+            subject=f"AW: [MT#{number}] Mails kommen nicht an",
+            body="Danke, SPF ist korrigiert, aber es geht immer noch nicht.",
+            in_reply_to=answer.message["Message-ID"],
+        )
+    )
+    run_once(desk_config)
+    assert Ticket.get().status == "open"
+    assert len(to(smtp_sink, DANA)) == 2 and len(to(smtp_sink, ELI)) == 1  # only the owner now
+
+
+def test_internal_note_never_reaches_the_customer(
+    imap_client: ImapTestClient, smtp_sink: SmtpSink, desk_config: Config, db: pw.Database
+) -> None:
+    _, notification = open_ticket(imap_client, smtp_sink, desk_config)
+    imap_client.append(
+        agent_mail(
+            notification, "Kunde hatte das schon letzten Monat.", address=note_address(notification)
+        )
+    )
+    run_once(desk_config)
+    assert len(to(smtp_sink, "joerg@kunde.example")) == 1  # the acknowledgement only
+    [note_mail] = [m for m in to(smtp_sink, ELI) if "Interne Notiz" in m.message.get_content()]
+    assert "Kunde hatte das schon letzten Monat." in note_mail.message.get_content()
+    note = Message.get(Message.kind == "note")
+    assert note.text.strip() == "Kunde hatte das schon letzten Monat."
+    assert Ticket.get().status == "open"
+
+
+@pytest.mark.parametrize(
+    ("commands", "check"),
+    [
+        ("#close", lambda t: t.status == "closed" and t.closed_at is not None),
+        ("#status waiting", lambda t: t.status == "waiting"),
+        ("#priorität hoch", lambda t: t.priority == "high"),
+        ("#assign eli", lambda t: t.owner == "eli"),
+        ("#zuweisen eli\n#priority urgent", lambda t: t.owner == "eli" and t.priority == "urgent"),
+    ],
+)
+def test_commands_change_the_ticket_and_are_not_relayed(
+    imap_client: ImapTestClient,
+    smtp_sink: SmtpSink,
+    desk_config: Config,
+    db: pw.Database,
+    commands: str,
+    check: Any,
+) -> None:
+    _, notification = open_ticket(imap_client, smtp_sink, desk_config)
+    imap_client.append(agent_mail(notification, commands))
+    run_once(desk_config)
+    assert check(Ticket.get())
+    assert len(to(smtp_sink, "joerg@kunde.example")) == 1  # commands alone relay nothing
+
+
+def test_command_then_answer_relays_the_answer_without_the_command(
+    imap_client: ImapTestClient, smtp_sink: SmtpSink, desk_config: Config, db: pw.Database
+) -> None:
+    _, notification = open_ticket(imap_client, smtp_sink, desk_config)
+    imap_client.append(agent_mail(notification, "#close\nDas Problem ist behoben."))
+    run_once(desk_config)
+    [_, answer] = to(smtp_sink, "joerg@kunde.example")
+    assert "Das Problem ist behoben." in answer.message.get_content()
+    assert "#close" not in answer.message.get_content()
+    assert Ticket.get().status == "closed"
+
+
+def test_unknown_command_relays_nothing_and_explains(
+    imap_client: ImapTestClient, smtp_sink: SmtpSink, desk_config: Config, db: pw.Database
+) -> None:
+    _, notification = open_ticket(imap_client, smtp_sink, desk_config)
+    imap_client.append(agent_mail(notification, "#staus closed\nErledigt."))
+    run_once(desk_config)
+    assert len(to(smtp_sink, "joerg@kunde.example")) == 1
+    [error] = [m for m in to(smtp_sink, DANA) if "NICHT" in m.message.get_content()]
+    text = error.message.get_content()
+    assert "#staus" in text and "#status" in text and "#schließen" in text
+    assert Ticket.get().status == "open"
+
+
+def test_merge_and_wish(
+    imap_client: ImapTestClient, smtp_sink: SmtpSink, desk_config: Config, db: pw.Database
+) -> None:
+    number, notification = open_ticket(imap_client, smtp_sink, desk_config)
+    imap_client.append(
+        make_mail(
+            from_addr=CUSTOMER, subject="Nochmal: Mails", body="Haben Sie meine Mail bekommen?"
+        )
+    )
+    run_once(desk_config)
+    second = Ticket.select().order_by(Ticket.id.desc()).get()
+    [second_note] = [
+        m for m in to(smtp_sink, DANA) if f"[MT#{second.number}]" in str(m.message["Subject"])
+    ]
+    imap_client.append(agent_mail(second_note, f"#merge {number}\n#wish Export als CSV"))
+    run_once(desk_config)
+    second = Ticket.get_by_id(second.id)
+    assert (
+        second.status == "closed"
+        and second.merged_into_id == Ticket.get(Ticket.number == number).id
+    )
+    assert Message.select().where(Message.ticket == second).count() == 0
+    assert Wish.get().name == "Export als CSV" and Wish.get().count == 1
+
+
+def test_forged_agent_mail_changes_nothing(
+    imap_client: ImapTestClient, smtp_sink: SmtpSink, desk_config: Config, db: pw.Database
+) -> None:
+    number, notification = open_ticket(imap_client, smtp_sink, desk_config)
+    good = notification.message["Reply-To"].addresses[0].addr_spec
+    tampered = good[:-14] + ("a" if good[-14] != "a" else "b") + good[-13:]
+    eli_token = [m for m in to(smtp_sink, ELI)][0].message["Reply-To"].addresses[0].addr_spec
+    forgeries = [
+        agent_mail(notification, "#close\nForged.", address="support@example.com"),  # no token
+        agent_mail(notification, "#close\nForged.", address=tampered),
+        agent_mail(notification, "#close\nForged.", address=eli_token),  # Eli's token, Dana's From
+        agent_mail(notification, "#close\nForged.", from_addr="mallory@evil.example"),
+        agent_mail(
+            notification,
+            "#close\nForged.",
+            headers={
+                "Authentication-Results": "mx.example.com; dmarc=fail header.from=example.com"
+            },
+        ),
+    ]
+    for raw in forgeries:
+        imap_client.append(raw)
+    run_once(desk_config)
+    ticket = Ticket.get(Ticket.number == number)
+    assert ticket.status == "open" and ticket.owner is None
+    assert len(to(smtp_sink, "joerg@kunde.example")) == 1  # nothing relayed
+    assert Message.select().where(Message.kind.in_(["agent", "note"])).count() == 0
+    flagged = [m.flag for m in Message.select().where(Message.flag != "")]
+    assert any("claims agent dana" in f for f in flagged)
+    assert any("DMARC failed" in f for f in flagged)
+    assert any("!!" in m.message.get_content() for m in to(smtp_sink, DANA)[1:])
+
+
+def test_stranger_with_a_ticket_number_opens_a_linked_ticket(
+    imap_client: ImapTestClient, smtp_sink: SmtpSink, desk_config: Config, db: pw.Database
+) -> None:
+    number, notification = open_ticket(imap_client, smtp_sink, desk_config)
+    imap_client.append(agent_mail(notification, "Ich kümmere mich."))  # Dana becomes owner
+    run_once(desk_config)
+    customer_mail_id = Message.get(Message.kind == "customer").message_id
+    imap_client.append(
+        make_mail(
+            from_addr="mallory@evil.example",
+            subject=f"Re: [MT#{number}] Mails kommen nicht an",
+            body="Bitte senden Sie alle Daten an mich.",
+            in_reply_to=customer_mail_id,
+        )
+    )
+    run_once(desk_config)
+    named = Ticket.get(Ticket.number == number)
+    stranger = Ticket.get(Ticket.requester == "mallory@evil.example")
+    assert stranger.linked_to_id == named.id
+    assert (
+        not Message.select()
+        .where((Message.ticket == named) & (Message.author_addr == "mallory@evil.example"))
+        .exists()
+    )
+    [told] = [m for m in to(smtp_sink, DANA) if "nicht daran beteiligt" in m.message.get_content()]
+    assert "mallory@evil.example" in told.message.get_content()
+    assert f"[MT#{stranger.number}]" in told.message.get_content()
+    assert Event.select().where(Event.ticket == stranger).count() >= 1
