@@ -1,4 +1,4 @@
-"""Agents work by mail: notifications, relayed answers, notes, commands; forgeries change nothing."""
+"""Agents work by mail: notifications, relayed answers, notes, commands; forgeries do nothing."""
 
 from __future__ import annotations
 
@@ -70,7 +70,10 @@ def agent_mail(notification: ReceivedMail, body: str, *, address: str = "", **kw
         from_addr=kw.pop("from_addr", f"Dana Example <{DANA}>"),
         to_addr=target,
         subject="Re: " + str(notification.message["Subject"]),
-        body=f"{body}\n\n-- \nDana Example\nExample Support\n\nAm 23.11.2026 um 09:12 schrieb Support:\n{quoted}\n",
+        body=(
+            f"{body}\n\n-- \nDana Example\nExample Support\n\n"
+            f"Am 23.11.2026 um 09:12 schrieb Support:\n{quoted}\n"
+        ),
         in_reply_to=notification.message["Message-ID"],
         **kw,
     )
@@ -195,7 +198,7 @@ def test_unknown_command_relays_nothing_and_explains(
 def test_merge_and_wish(
     imap_client: ImapTestClient, smtp_sink: SmtpSink, desk_config: Config, db: pw.Database
 ) -> None:
-    number, notification = open_ticket(imap_client, smtp_sink, desk_config)
+    number, _ = open_ticket(imap_client, smtp_sink, desk_config)
     imap_client.append(
         make_mail(
             from_addr=CUSTOMER, subject="Nochmal: Mails", body="Haben Sie meine Mail bekommen?"
@@ -223,7 +226,7 @@ def test_forged_agent_mail_changes_nothing(
     number, notification = open_ticket(imap_client, smtp_sink, desk_config)
     good = notification.message["Reply-To"].addresses[0].addr_spec
     tampered = good[:-14] + ("a" if good[-14] != "a" else "b") + good[-13:]
-    eli_token = [m for m in to(smtp_sink, ELI)][0].message["Reply-To"].addresses[0].addr_spec
+    eli_token = to(smtp_sink, ELI)[0].message["Reply-To"].addresses[0].addr_spec
     forgeries = [
         agent_mail(notification, "#close\nForged.", address="support@example.com"),  # no token
         agent_mail(notification, "#close\nForged.", address=tampered),

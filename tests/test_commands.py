@@ -309,7 +309,8 @@ FRAGMENTS = [
             st.one_of(st.sampled_from(FRAGMENTS), st.text(max_size=8).map(lambda t: "#" + t))
         ).map("\n".join),
     ),
-    st.lists(st.text(max_size=8), max_size=3),
+    # agent names as config.py admits them: short, lower-case, no spaces or line breaks
+    st.lists(st.from_regex(r"[a-z][a-z0-9._-]{0,7}", fullmatch=True), max_size=3),
 )
 def test_parse_commands_never_raises(text: str, agents: list[str]) -> None:
     result = parse_commands(text, agents)
