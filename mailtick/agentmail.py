@@ -122,7 +122,7 @@ class Acting:
         self.relayed = False
 
     def recorded(self, rule: str) -> Recorded:
-        return Recorded(str(self.ticket.number), False, rule, False, self.relayed)
+        return Recorded(str(self.ticket.number), False, rule, False, True, agent=self.agent.name)
 
     def event(self, kind: str, detail: str, ticket: Ticket | None = None) -> None:
         Event.create(ticket=ticket or self.ticket, at=self.now, kind=kind, detail=detail)

@@ -60,6 +60,10 @@ class Daemon:
         self.watcher = Watcher(config.imap, self.store, self.pipeline)
         self.stop = asyncio.Event()
 
+    @staticmethod
+    def support_address(config: Config) -> str:
+        return Composer(config.smtp.from_address, "MT", "en").sender.addr_spec.lower()
+
     async def open(self) -> None:
         db = await self.store.open()
         await self.store.run(check_durability, db)

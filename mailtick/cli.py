@@ -75,6 +75,11 @@ def _parser() -> argparse.ArgumentParser:
         "number", help="ticket number, with or without the prefix (MT#10009 or 10009)"
     )
     show.add_argument("--json", action="store_true", help="machine-readable output")
+    command("init", cmd_init, "create the reply-token secret if missing, then check")
+    new = command("new", cmd_new, "open a ticket on a customer's behalf (a phone call)")
+    new.add_argument("--customer", required=True, help="the customer's mail address")
+    new.add_argument("--subject", required=True, help="the ticket's subject")
+    new.add_argument("--body-file", required=True, type=Path, help="what the customer said")
     parse = command("parse", cmd_parse, "show how mailtick sees one mail (writes nothing)")
     parse.add_argument("file", type=Path, help="the mail, as an .eml file")
     parse.add_argument("--json", action="store_true", help="machine-readable output")
@@ -210,6 +215,36 @@ def render_ticket(t: dict[str, Any], prefix: str) -> str:
         body = [ln for ln in m["text"].strip().splitlines()[:8]]
         lines.extend(f"     | {ln}" for ln in body)
     return "\n".join(lines)
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    from mailtick.config import secret_path
+    from mailtick.security import generate_secret
+
+    path = secret_path(args.config)
+    if path.exists():
+        print(f"{path}: exists, left as it is")
+    else:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(generate_secret().hex() + "\n")
+        print(f"{path}: created (mode 0600); keep it secret, back it up with the database")
+    return cmd_check_config(argparse.Namespace(config=args.config, connect=False))
+
+
+def cmd_new(args: argparse.Namespace) -> int:
+    from mailtick.manual import open_for_customer
+
+    config = _load(args)
+    try:
+        body = args.body_file.read_text()
+        recorded = asyncio.run(open_for_customer(config, args.customer, args.subject, body))
+    except (OSError, ValueError) as exc:
+        print(f"mailtick new: {exc}", file=sys.stderr)
+        return 1
+    print(f"{config.tickets.prefix}#{recorded.ticket_number}")
+    return 0
 
 
 def cmd_parse(args: argparse.Namespace) -> int:

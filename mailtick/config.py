@@ -832,6 +832,16 @@ def parse_config(
     )
 
 
+def secret_path(path: Path) -> Path:
+    """Where the reply-token secret of the config at `path` lives (for `mailtick init`)."""
+    data = _read_toml(path)
+    security = data.get("security")
+    raw = security.get("secret_file") if isinstance(security, dict) else None
+    default = SCHEMA.keys["security"].keys["secret_file"].default  # type: ignore[union-attr]
+    base = Path(os.path.abspath(path)).parent
+    return Path(os.path.abspath(base / Path(str(raw or default)).expanduser()))
+
+
 def load_config(path: Path, env: Mapping[str, str] | None = None) -> Config:
     """Read, validate and type config.toml; env defaults to os.environ."""
     return parse_config(_read_toml(path), os.environ if env is None else env, source=path)

@@ -127,12 +127,16 @@ class Pipeline:
         detail = f"-> {self.settings.prefix}#{recorded.ticket_number} ({recorded.rule})"
         if recorded.reopened:
             detail += " reopened"
+        if recorded.agent:
+            detail += f" by agent {recorded.agent}"
+        if recorded.flag:
+            detail += f" FLAGGED: {recorded.flag}"
         return Verdict(
             Action.ACK,
             mail.message_id,
             "new ticket" if recorded.new_ticket else "threaded",
             detail,
-            queued_mail=recorded.acknowledged,
+            queued_mail=recorded.queued_mail,
         )
 
 

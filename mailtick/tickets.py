@@ -42,7 +42,9 @@ class Recorded:
     new_ticket: bool
     rule: str
     reopened: bool
-    acknowledged: bool
+    queued_mail: bool  # mail waits in the outbox (an acknowledgement, a notification, ...)
+    flag: str = ""  # why the mail is suspicious, for the log line
+    agent: str = ""  # the verified agent who wrote it
 
 
 @dataclass(frozen=True)
@@ -113,7 +115,8 @@ def record_mail(
         new_ticket=decision.ticket is None,
         rule=decision.rule,
         reopened=decision.reopen,
-        acknowledged=acknowledged,
+        queued_mail=acknowledged or settings.desk is not None,
+        flag=identity.warning,
     )
 
 

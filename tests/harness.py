@@ -71,6 +71,11 @@ def write_config(path: Path, data: dict[str, Any]) -> Path:
     """Write a config dict as TOML (flat sections and one level of sub-tables)."""
     lines: list[str] = []
     for section, values in data.items():
+        if isinstance(values, list):  # an array of tables
+            for item in values:
+                lines.append(f"[[{section}]]")
+                lines += [f"{k} = {_toml(v)}" for k, v in item.items()]
+            continue
         lines.append(f"[{section}]")
         tables = {k: v for k, v in values.items() if isinstance(v, dict)}
         lines += [f"{k} = {_toml(v)}" for k, v in values.items() if k not in tables]
@@ -86,6 +91,8 @@ def _toml(value: Any) -> str:
         return "true" if value else "false"
     if isinstance(value, int | float):
         return repr(value)
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
     return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 

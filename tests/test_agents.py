@@ -9,6 +9,8 @@ from typing import Any
 import peewee as pw
 import pytest
 from harness import make_config, run_once
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from servers import Dovecot, ImapTestClient, ReceivedMail, SmtpSink, make_mail
 
 from mailtick.config import Config
@@ -281,3 +283,81 @@ def test_stranger_with_a_ticket_number_opens_a_linked_ticket(
     assert "mallory@evil.example" in told.message.get_content()
     assert f"[MT#{stranger.number}]" in told.message.get_content()
     assert Event.select().where(Event.ticket == stranger).count() >= 1
+
+
+def _forgery(draw: Any, number: str, notification: ReceivedMail, secret: bytes) -> bytes:
+    """One forged agent mail: every way a token or a From can be wrong."""
+    from datetime import date, timedelta
+
+    from mailtick.security import TokenSigner
+
+    signer = TokenSigner(secret, valid_days=90)
+    good = notification.message["Reply-To"].addresses[0].addr_spec
+    local, domain = good.split("@")
+    kind = draw(
+        st.sampled_from(["none", "tampered", "eli", "stranger", "expired", "other-ticket", "dmarc"])
+    )
+    address, sender, headers = good, f"Dana Example <{DANA}>", {}
+    if kind == "none":
+        address = "support@example.com"
+    elif kind == "tampered":
+        at = draw(st.integers(min_value=len("support+"), max_value=len(local) - 1))
+        char = draw(st.sampled_from("abcdefghijklmnopqrstuvwxyz234567-0123456789"))
+        if local[at] == char:
+            char = "x" if char != "x" else "y"
+        address = f"{local[:at]}{char}{local[at + 1 :]}@{domain}"
+    elif kind == "eli":
+        address = signer.address("support@example.com", "r", number, "eli")
+    elif kind == "stranger":
+        sender = draw(st.sampled_from(["mallory@evil.example", "DANA@example.com.evil.example"]))
+    elif kind == "expired":
+        old = date.today() - timedelta(days=draw(st.integers(min_value=92, max_value=5000)))
+        address = signer.address("support@example.com", "r", number, "dana", today=old)
+    elif kind == "other-ticket":
+        mac = local.rsplit("-", 1)[1]
+        address = f"support+r-{int(number) + 10}-{local.split('-')[2]}-{mac}@{domain}"
+    else:
+        headers = {
+            "Authentication-Results": "mx.example.com; spf=pass; dmarc=fail header.from=example.com"
+        }
+    command = draw(
+        st.sampled_from(["#close", "#assign eli", "#priority urgent", "#wish x", "#note", ""])
+    )
+    return agent_mail(
+        notification,
+        f"{command}\nForged {kind}.",
+        address=address,
+        from_addr=sender,
+        headers=headers,
+    )
+
+
+@settings(max_examples=1, deadline=None, suppress_health_check=list(HealthCheck))
+@given(st.data())
+def test_a_hundred_generated_forgeries_change_nothing(
+    imap_client: ImapTestClient,
+    smtp_sink: SmtpSink,
+    desk_config: Config,
+    db: pw.Database,
+    data: st.DataObject,
+) -> None:
+    number, notification = open_ticket(imap_client, smtp_sink, desk_config)
+    forgeries = [
+        _forgery(data.draw, number, notification, desk_config.security.secret) for _ in range(110)
+    ]
+    imap_client.append_many(forgeries)
+    before = {
+        "events": Event.select().count(),
+        "sent_to_customer": len(to(smtp_sink, "joerg@kunde.example")),
+    }
+    result = run_once(desk_config)
+    assert result.ingest.acked == 110
+    ticket = Ticket.get(Ticket.number == number)
+    assert (ticket.status, ticket.owner, ticket.priority) == ("open", None, "normal")
+    assert Wish.select().count() == 0
+    assert Message.select().where(Message.kind.in_(["agent", "note", "agent-error"])).count() == 0
+    assert Message.select().where(Message.kind.in_(["relay", "command_error", "note"])).count() == 0
+    assert (
+        len(to(smtp_sink, "joerg@kunde.example")) == before["sent_to_customer"]
+    )  # nothing relayed
+    assert Event.select().where(Event.ticket == ticket).count() == before["events"]

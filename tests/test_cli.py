@@ -80,3 +80,55 @@ def test_run_once_then_tickets_and_show(
     assert f"MT#{number}  VPN down" in text and "opened the ticket" in text
     missing = mailtick("show", "99999", "-c", str(config))
     assert missing.returncode == 1 and "no ticket" in missing.stderr
+
+
+def test_init_creates_the_reply_secret_once_and_new_opens_a_phone_ticket(
+    dovecot: Dovecot, smtp_sink: SmtpSink, tmp_path: Path
+) -> None:
+    data = settings(
+        dovecot,
+        smtp_sink,
+        f"sqlite:///{tmp_path}/t.db",
+        security={"secret_file": "state/reply-secret"},
+        agents=[{"name": "dana", "addresses": ["dana@example.com"]}],
+    )
+    config = write_config(tmp_path / "c.toml", data)
+    missing = mailtick("check-config", "-c", str(config))
+    assert missing.returncode == 2 and "mailtick init" in missing.stderr
+    first = mailtick("init", "-c", str(config))
+    secret = tmp_path / "state" / "reply-secret"
+    assert first.returncode == 0 and "created" in first.stdout
+    assert secret.stat().st_mode & 0o777 == 0o600 and len(bytes.fromhex(secret.read_text())) == 32
+    content = secret.read_text()
+    assert mailtick("init", "-c", str(config)).returncode == 0 and secret.read_text() == content
+
+    body = tmp_path / "call.txt"
+    body.write_text("Kunde ruft an: Drucker im 3. Stock druckt nicht.\n")
+    new = mailtick(
+        "new",
+        "-c",
+        str(config),
+        "--customer",
+        "anna@kunde.example",
+        "--subject",
+        "Drucker druckt nicht",
+        "--body-file",
+        str(body),
+    )
+    assert new.returncode == 0, new.stderr
+    number = new.stdout.strip().removeprefix("MT#")
+    ack = [m for m in smtp_sink.wait_for(2) if "anna@kunde.example" in m.rcpt_tos]
+    assert ack and ack[0].message["Subject"] == f"[MT#{number}] Drucker druckt nicht"
+    assert any("dana@example.com" in m.rcpt_tos for m in smtp_sink.messages)
+    bad = mailtick(
+        "new",
+        "-c",
+        str(config),
+        "--customer",
+        "not an address",
+        "--subject",
+        "x",
+        "--body-file",
+        str(body),
+    )
+    assert bad.returncode == 1 and "not a usable mail address" in bad.stderr
