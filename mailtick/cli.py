@@ -185,7 +185,8 @@ def cmd_show(args: argparse.Namespace) -> int:
 def render_ticket(t: dict[str, Any], prefix: str) -> str:
     lines = [
         f"{prefix}#{t['number']}  {t['subject']}",
-        f"  status {t['status']}, customer {t['requester_name']} <{t['requester']}>, "
+        f"  status {t['status']}, priority {t['priority']}, owner {t['owner'] or '-'}, "
+        f"customer {t['requester_name']} <{t['requester']}>, "
         f"opened {t['created_at']} ({t['age']} ago), {t['messages']} message(s)",
     ]
     if t["linked_to"]:
@@ -207,6 +208,8 @@ def render_ticket(t: dict[str, Any], prefix: str) -> str:
         lines.append("")
         lines.append(f"  {arrow} {m['at']}  {name}<{m['author']}>  ({how})")
         lines.append(f"     Subject: {m['subject']}")
+        if m.get("flag"):
+            lines.append(f"     !! {m['flag']}")
         if "delivery" in m:
             d = m["delivery"]
             to = ", ".join(d["to"])

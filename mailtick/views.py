@@ -36,6 +36,8 @@ def ticket_summary(ticket: Ticket, messages: int) -> dict[str, Any]:
         "age": _age(ticket.created_at),
         "messages": messages,
         "linked_to": ticket.linked_to.number if ticket.linked_to_id else None,
+        "owner": ticket.owner,
+        "priority": ticket.priority,
     }
 
 
@@ -80,6 +82,7 @@ def _message(message: Message, out: Outbox | None) -> dict[str, Any]:
         "message_id": message.message_id,
         "thread_rule": message.thread_rule,
         "thread_detail": message.thread_detail,
+        "flag": message.flag,
         "text": message.text,
     }
     if out is not None:
