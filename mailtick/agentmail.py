@@ -22,13 +22,8 @@ from mailtick.ingest.quotes import split_reply
 from mailtick.mail import ParsedMail, RawMail
 from mailtick.outcomes import Rejected
 from mailtick.security import ReplyToken
-from mailtick.tickets import (
-    Recorded,
-    RecordSettings,
-    _db,
-    next_number,
-    queue_mail,
-)
+from mailtick.tickets import Recorded, RecordSettings, _db, queue_mail
+from mailtick.topics import split_off, tell_customer
 
 
 def record_agent_mail(
@@ -226,19 +221,10 @@ class Acting:
         if last is None:
             self.event("command-error", "#split: no customer message to split off")
             return
-        new = Ticket.create(
-            number=next_number(),
-            subject=str(last.subject) or str(self.ticket.subject),
-            requester=self.ticket.requester,
-            requester_name=self.ticket.requester_name,
-            language=self.ticket.language,
-            created_at=self.now,
-            updated_at=self.now,
-            linked_to=self.ticket,
+        new = split_off(
+            self.ticket, last, self.now, f"agent {self.agent.name}", self.composer.prefix
         )
-        Message.update(ticket=new).where(Message.id == last.id).execute()
-        self.event("split", f"message moved to {new.number} by {self.agent.name}")
-        self.event("split", f"split from {self.ticket.number} by {self.agent.name}", ticket=new)
+        tell_customer(self.ticket, new, self.composer, self.now)
 
 
 def _last_customer_message(ticket: Ticket) -> Message | None:

@@ -51,6 +51,8 @@ class Daemon:
                 config.tickets.reopen_days,
                 desk=make_desk(config, self.composer),
                 agent_language=config.tickets.default_language,
+                drift_action=config.drift.action,
+                drift_threshold=config.drift.threshold,
             ),
             max_bytes=config.tickets.max_mail_bytes,
             default_language=config.tickets.default_language,

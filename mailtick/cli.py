@@ -80,6 +80,15 @@ def _parser() -> argparse.ArgumentParser:
     new.add_argument("--customer", required=True, help="the customer's mail address")
     new.add_argument("--subject", required=True, help="the ticket's subject")
     new.add_argument("--body-file", required=True, type=Path, help="what the customer said")
+    drift = sub.add_parser(
+        "drift", help="judge one reply for topic drift (JSON on stdin -> verdict on stdout)"
+    )
+    drift.add_argument("--json", action="store_true", required=True, help="JSON in and out")
+    drift.add_argument("--threshold", type=float, default=None, help="default: [drift] threshold")
+    drift.add_argument(
+        "-c", "--config", type=Path, default=None, help="take the threshold from here"
+    )
+    drift.set_defaults(handler=cmd_drift)
     parse = command("parse", cmd_parse, "show how mailtick sees one mail (writes nothing)")
     parse.add_argument("file", type=Path, help="the mail, as an .eml file")
     parse.add_argument("--json", action="store_true", help="machine-readable output")
@@ -210,6 +219,11 @@ def render_ticket(t: dict[str, Any], prefix: str) -> str:
         lines.append(f"     Subject: {m['subject']}")
         if m.get("flag"):
             lines.append(f"     !! {m['flag']}")
+        if m.get("drift"):
+            d = m["drift"]
+            verdict = "new topic" if d["new_topic"] else "same topic"
+            lines.append(f"     topic: {verdict}, score {d['score']:.2f}, action {d['action']}")
+            lines.extend(f"       - {reason}" for reason in d["reasons"])
         if "delivery" in m:
             d = m["delivery"]
             to = ", ".join(d["to"])
@@ -248,6 +262,16 @@ def cmd_new(args: argparse.Namespace) -> int:
         return 1
     print(f"{config.tickets.prefix}#{recorded.ticket_number}")
     return 0
+
+
+def cmd_drift(args: argparse.Namespace) -> int:
+    """Needs no config: the threshold comes from --threshold, -c or the default."""
+    from mailtick.threading.drift import DEFAULT_THRESHOLD, drift_command
+
+    threshold = args.threshold
+    if threshold is None:
+        threshold = _load(args).drift.threshold if args.config else DEFAULT_THRESHOLD
+    return drift_command(sys.stdin, sys.stdout, threshold)
 
 
 def cmd_parse(args: argparse.Namespace) -> int:

@@ -94,6 +94,12 @@ class TicketsConfig:
 
 
 @dataclass(frozen=True)
+class DriftConfig:
+    action: Literal["warn", "split", "off"] = "warn"  # what a reply on a new topic causes
+    threshold: float = 0.6  # score from which a reply counts as a new topic
+
+
+@dataclass(frozen=True)
 class AgentConfig:
     name: str  # short handle for commands and logs: "dana"
     addresses: tuple[str, ...]  # the agent's own addresses, lower-cased addr-specs
@@ -118,6 +124,7 @@ class Config:
     tickets: TicketsConfig = TicketsConfig()
     agents: tuple[AgentConfig, ...] = ()
     security: SecurityConfig = SecurityConfig()
+    drift: DriftConfig = DriftConfig()
     log_level: str = "INFO"
     source: Path | None = None  # the file it came from
 
@@ -707,6 +714,13 @@ SCHEMA = Section(
         "log": Section(
             keys={"level": Key(LOG_LEVEL, "INFO")},
         ),
+        "drift": Section(
+            make=DriftConfig,
+            keys={
+                "action": Key(choice("warn", "split", "off"), "warn"),
+                "threshold": Key(number(0, 1), 0.6),
+            },
+        ),
         "security": Section(
             make=SecurityConfig,
             keys={
@@ -827,6 +841,7 @@ def parse_config(
         tickets=parts["tickets"],
         agents=parts["agents"],
         security=parts["security"],
+        drift=parts["drift"],
         log_level=parts["log"]["level"],
         source=Path(os.path.abspath(source)) if source is not None else None,
     )

@@ -82,7 +82,7 @@ class Message(Row):
     message_id = pw.CharField(unique=True, max_length=255)
     direction = pw.CharField(max_length=3)  # "in" | "out"
     # in: customer | automatic | agent | note | agent-error
-    # out: ack | notification | relay | note | command-error | stranger | split
+    # out: ack | notification | relay | note | command-error | stranger | split | drift-warning
     kind = pw.CharField(max_length=20, default="customer")
     author_addr = pw.CharField(max_length=320)
     author_name = pw.TextField(default="")
@@ -92,6 +92,7 @@ class Message(Row):
     thread_rule = pw.CharField(max_length=40, default="")
     thread_detail = pw.TextField(default="")
     flag = pw.TextField(default="")  # why this mail is suspicious (a forged agent From, ...)
+    drift = pw.TextField(default="")  # JSON: the topic-drift decision {score, reasons, action}
     mailbox = pw.CharField(max_length=255, null=True)
     uidvalidity = pw.BigIntegerField(null=True)
     uid = pw.BigIntegerField(null=True)

@@ -8,7 +8,7 @@ the outbox. It runs on the store's worker thread.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import peewee as pw
@@ -34,6 +34,7 @@ from mailtick.numbers import FIRST_SEQUENCE, ticket_number
 from mailtick.outcomes import Ignored
 from mailtick.threading.resolve import Decision, Lookup, resolve
 from mailtick.threading.subject import normalise
+from mailtick.topics import TopicOutcome, check_reply
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,8 @@ class RecordSettings:
     reopen_days: int
     desk: Desk | None = None  # the agents and their reply tokens; None: no agents configured
     agent_language: str = "en"  # language of the mails to agents
+    drift_action: str = "warn"  # [drift] action: warn | split | off
+    drift_threshold: float = 0.6
 
 
 def record(
@@ -92,12 +95,21 @@ def record_mail(
 
         return record_agent_mail(raw, mail, identity.agent, identity.token, settings, composer, now)
     decision = participants_only(resolve(lookup, settings.reopen_days), mail, settings.desk)
+    closed_for: timedelta | None = None
     if decision.ticket is None:
         ticket = _open_ticket(mail, decision, settings.prefix, now)
     else:
+        closed_for = now - decision.ticket.closed_at if decision.ticket.closed_at else None
         ticket = _touch_ticket(decision.ticket, decision, now)
-    _store_message(ticket, raw, mail, disposition, decision, now, flag=identity.warning)
+    stored = _store_message(ticket, raw, mail, disposition, decision, now, flag=identity.warning)
     add_participants(ticket, mail, settings.desk, new=decision.ticket is None)
+    topic = None
+    if decision.ticket is not None and not disposition.automatic:
+        message = Message(
+            id=stored, message_id=mail.message_id, subject=mail.subject, text=mail.text
+        )
+        topic = check_reply(ticket, message, mail, settings, composer, closed_for)
+        ticket = topic.ticket
     acknowledged = decision.ticket is None and not disposition.automatic
     if acknowledged and not usable_address(mail.from_addr):
         Event.create(
@@ -107,7 +119,7 @@ def record_mail(
     if acknowledged:
         queue_mail(ticket, composer.acknowledgement(reply_to(ticket, mail)), "ack", now)
     if settings.desk is not None and not disposition.automatic:
-        notify_agents(ticket, mail, settings, composer, now, identity.warning)
+        notify_agents(ticket, mail, settings, composer, now, identity.warning, drift_note(topic))
         if decision.outsider_of is not None:
             tell_owner(decision.outsider_of, ticket, mail, settings, composer, now)
     return Recorded(
@@ -168,7 +180,7 @@ def _touch_ticket(ticket: Ticket, decision: Decision, now: datetime) -> Ticket:
     return ticket
 
 
-def _store_message(
+def _store_message(  # returns the new row's id
     ticket: Ticket,
     raw: RawMail | None,
     mail: ParsedMail,
@@ -227,7 +239,17 @@ def reply_to(ticket: Ticket, mail: ParsedMail) -> Reply:
     )
 
 
-def queue_mail(ticket: Ticket, out: OutgoingMail, kind: str, now: datetime) -> int:
+def drift_note(topic: TopicOutcome | None) -> str:
+    """What the agents' notification says about topic drift ("" when nothing to say)."""
+    if topic is None or topic.verdict is None or not topic.verdict.new_topic:
+        return ""
+    reasons = "; ".join(topic.verdict.reasons[:3])
+    done = {"warn": "customer asked to confirm with NEU/NEW", "split": "split into this ticket"}
+    what = done.get(topic.action, topic.action)
+    return f"possible new topic (score {topic.verdict.score:.2f}, {what}): {reasons}"
+
+
+def queue_mail(ticket: Ticket, out: OutgoingMail, kind: str, now: datetime, about: str = "") -> int:
     """Store an outgoing mail on its ticket and queue it; call inside the caller's transaction.
     Returns the outbox row's id."""
     message_id = insert_row(
@@ -243,6 +265,7 @@ def queue_mail(ticket: Ticket, out: OutgoingMail, kind: str, now: datetime) -> i
         text=out.text,
         data=out.raw,
         thread_rule="ours",
+        thread_detail=about,
         created_at=now,
     )
     return insert_row(
@@ -306,6 +329,7 @@ def notify_agents(
     composer: Composer,
     now: datetime,
     warning: str,
+    drift: str = "",
 ) -> None:
     """Tell the responsible agents about a customer's mail, with both reply paths."""
     desk = settings.desk
@@ -332,6 +356,7 @@ def notify_agents(
             reply,
             new=count <= 2,
             warning=warning,
+            drift=drift,
             customer=customer,
             status=ticket.status,
             priority=ticket.priority,

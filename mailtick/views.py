@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from typing import Any
 
@@ -83,6 +84,7 @@ def _message(message: Message, out: Outbox | None) -> dict[str, Any]:
         "thread_rule": message.thread_rule,
         "thread_detail": message.thread_detail,
         "flag": message.flag,
+        "drift": json.loads(message.drift) if message.drift else None,
         "text": message.text,
     }
     if out is not None:

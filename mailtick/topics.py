@@ -1,0 +1,192 @@
+"""Stage `drift`: a customer's reply on a new topic is warned about or split off. Database.
+
+Runs inside record_mail's transaction, after a customer's reply was stored on an
+existing ticket. `[drift] action` decides what a new topic causes:
+- warn: the reply stays; the customer gets a short mail in their language saying
+  that a reply with the single word NEU / NEW opens a ticket of its own;
+- split: the reply becomes a new ticket linked to the old one, the customer is told
+  both numbers;
+- off: nothing is judged.
+A NEU / NEW answer to such a warning, and an agent's #split, split the same way.
+Every decision is stored on the message (`Message.drift`) and shown by `mailtick show`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
+
+from mailtick.answers import Composer, Reply
+from mailtick.db import Event, Message, Ticket, utcnow
+from mailtick.ingest.quotes import split_reply
+from mailtick.mail import ParsedMail
+from mailtick.threading.drift import DriftVerdict, detect
+from mailtick.threading.subject import normalise
+
+if TYPE_CHECKING:
+    from mailtick.tickets import RecordSettings
+
+_GREETING = re.compile(
+    r"^(hallo|hi|hello|hey|moin|servus|guten (tag|morgen|abend)|sehr geehrte|liebe|dear)\b"
+    r".*,?$|.*,$",
+    re.IGNORECASE,
+)
+NEW_WORD = re.compile(r"^\s*(neu|new)\s*[.!]*\s*$", re.IGNORECASE)
+HISTORY_MESSAGES = 10
+
+
+@dataclass(frozen=True)
+class TopicOutcome:
+    ticket: Ticket  # where the reply is now (a new ticket after a split)
+    verdict: DriftVerdict | None  # None when nothing was judged
+    action: str  # "none" | "warn" | "split" | "split-on-request"
+
+
+def check_reply(
+    ticket: Ticket,
+    message: Message,
+    mail: ParsedMail,
+    settings: RecordSettings,
+    composer: Composer,
+    closed_for: timedelta | None,
+) -> TopicOutcome:
+    """Judge a customer's reply on `ticket` (stored as `message`) and act on it."""
+    now = utcnow()
+    visible = split_reply(mail.text).visible
+    warned = _warning_answered(mail)
+    if warned is not None and NEW_WORD.match(visible):
+        new = split_off(ticket, warned, now, "the customer (NEU/NEW)", composer.prefix)
+        Message.update(ticket=new).where(Message.id == message.id).execute()
+        tell_customer(ticket, new, composer, now)
+        return TopicOutcome(new, None, "split-on-request")
+    if settings.drift_action == "off":
+        return TopicOutcome(ticket, None, "none")
+    verdict = detect(
+        str(ticket.subject),
+        _history(ticket, message),
+        mail.subject,
+        visible,
+        closed_for=closed_for,
+        threshold=settings.drift_threshold,
+    )
+    action = settings.drift_action if verdict.new_topic else "none"
+    _record(message, verdict, action)
+    if action == "warn":
+        _warn(ticket, message, mail, composer, now)
+    elif action == "split":
+        new = split_off(ticket, message, now, "topic drift", composer.prefix)
+        tell_customer(ticket, new, composer, now)
+        return TopicOutcome(new, verdict, action)
+    return TopicOutcome(ticket, verdict, action)
+
+
+def _history(ticket: Ticket, current: Message) -> list[str]:
+    rows = (
+        Message.select(Message.text)
+        .where(
+            (Message.ticket == ticket)
+            & (Message.direction == "in")
+            & (Message.kind == "customer")
+            & (Message.id != current.id)
+        )
+        .order_by(Message.id.desc())
+        .limit(HISTORY_MESSAGES)
+    )
+    return [split_reply(str(row.text)).visible for row in reversed(list(rows))]
+
+
+def _record(message: Message, verdict: DriftVerdict, action: str) -> None:
+    decision = {**verdict.to_json(), "action": action}
+    Message.update(drift=json.dumps(decision, ensure_ascii=False)).where(
+        Message.id == message.id
+    ).execute()
+
+
+def _warning_answered(mail: ParsedMail) -> Message | None:
+    """The customer message a drift warning was about, when `mail` answers that warning."""
+    ids = [*mail.in_reply_to, *mail.references[-3:]]
+    if not ids:
+        return None
+    warning = (
+        Message.select()
+        .where((Message.message_id.in_(ids)) & (Message.kind == "drift-warning"))
+        .first()
+    )
+    if warning is None:
+        return None
+    found: Message | None = Message.get_or_none(Message.message_id == warning.thread_detail)
+    return found
+
+
+def _warn(
+    ticket: Ticket, message: Message, mail: ParsedMail, composer: Composer, now: datetime
+) -> None:
+    from mailtick.tickets import queue_mail  # tickets builds on this module
+
+    reply = Reply(
+        number=str(ticket.number),
+        title=str(ticket.subject),
+        language=str(ticket.language),
+        to_addr=mail.from_addr,
+        to_name=mail.from_name,
+        in_reply_to=mail.message_id,
+        references=mail.references,
+    )
+    out = composer.compose("drift_warning", reply)
+    queue_mail(ticket, out, "drift-warning", now, about=str(message.message_id))
+    Event.create(ticket=ticket, at=now, kind="drift", detail=f"warned about {message.message_id}")
+
+
+def split_off(ticket: Ticket, message: Message, now: datetime, by: str, prefix: str) -> Ticket:
+    """Move `message` to a new ticket linked to `ticket`."""
+    from mailtick.tickets import next_number
+
+    new = Ticket.create(
+        number=next_number(),
+        subject=_title(ticket, message, prefix),
+        status="open",
+        requester=ticket.requester,
+        requester_name=ticket.requester_name,
+        language=ticket.language,
+        queue=ticket.queue,
+        created_at=now,
+        updated_at=now,
+        linked_to=ticket,
+    )
+    Message.update(ticket=new).where(Message.id == message.id).execute()
+    Event.create(
+        ticket=ticket, at=now, kind="split", detail=f"{message.message_id} -> {new.number} by {by}"
+    )
+    Event.create(ticket=new, at=now, kind="split", detail=f"from {ticket.number} by {by}")
+    return new
+
+
+def _title(ticket: Ticket, message: Message, prefix: str) -> str:
+    """The message's own subject, unless it is the old ticket's: then its first line."""
+    subject = normalise(str(message.subject), prefix)
+    if subject.lower() != str(ticket.subject).lower() and subject != "(no subject)":
+        return subject
+    lines = [line.strip() for line in split_reply(str(message.text)).visible.splitlines()]
+    first = next((line for line in lines if line and not _GREETING.match(line)), "")
+    first = first.split(". ")[0].rstrip(".")
+    return (first[:77] + "...") if len(first) > 80 else first or str(ticket.subject)
+
+
+def tell_customer(old: Ticket, new: Ticket, composer: Composer, now: datetime) -> None:
+    """Both numbers to the customer, under the new ticket's tag."""
+    from mailtick.tickets import queue_mail
+
+    reply = Reply(
+        number=str(new.number),
+        title=str(new.subject),
+        language=str(new.language),
+        to_addr=str(new.requester),
+        to_name=str(new.requester_name),
+        in_reply_to="",
+        references=(),
+    )
+    out = composer.compose("split", reply, old_tag=f"[{composer.prefix}#{old.number}]")
+    queue_mail(new, out, "split", now)
