@@ -497,3 +497,10 @@ def test_agent_problems_name_the_entry(tmp_path: Path) -> None:
     assert "agents[2].addresses: expected a non-empty array of strings, got an array" in found
     assert 'agents[1].name: "dana" is used by another agent' in found
     assert "security: the reply-token secret has 5 bytes, needs 32" in found
+
+
+def test_drift_threshold_default_is_the_one_the_data_set_was_measured_with() -> None:
+    from mailtick.threading.drift import DEFAULT_THRESHOLD
+
+    assert parse(minimal()).drift.threshold == DEFAULT_THRESHOLD
+    assert tomllib.loads(EXAMPLE.read_text())["drift"]["threshold"] == DEFAULT_THRESHOLD
