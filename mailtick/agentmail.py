@@ -22,7 +22,7 @@ from mailtick.ingest.quotes import split_reply
 from mailtick.mail import ParsedMail, RawMail
 from mailtick.outcomes import Rejected
 from mailtick.security import ReplyToken
-from mailtick.tickets import Recorded, RecordSettings, _db, queue_mail
+from mailtick.tickets import Recorded, RecordSettings, _db, queue_mail, to_agent
 from mailtick.topics import split_off, tell_customer
 
 
@@ -123,15 +123,12 @@ class Acting:
         Event.create(ticket=ticket or self.ticket, at=self.now, kind=kind, detail=detail)
 
     def _to_agent(self, agent: AgentConfig, template: str, **context: object) -> None:
-        reply = Reply(
-            number=str(self.ticket.number),
-            title=str(self.ticket.subject),
-            language=self.settings.agent_language,
-            to_addr=agent.addresses[0],
-            to_name=agent.display_name,
+        reply = to_agent(
+            self.ticket,
+            agent,
+            self.settings.agent_language,
             in_reply_to=self.mail.message_id,
             references=self.mail.references,
-            auto_submitted="auto-generated",
         )
         queue_mail(
             self.ticket, self.composer.compose(template, reply, **context), template, self.now

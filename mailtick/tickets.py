@@ -7,6 +7,7 @@ the outbox. It runs on the store's worker thread.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -14,6 +15,7 @@ from typing import Any
 import peewee as pw
 
 from mailtick.answers import Composer, OutgoingMail, Reply, usable_address
+from mailtick.config import AgentConfig
 from mailtick.db import (
     Attachment,
     Event,
@@ -227,6 +229,21 @@ def _db() -> pw.Database:
     return Ticket._meta.database  # type: ignore[no-any-return]
 
 
+def to_agent(ticket: Ticket, agent: AgentConfig, language: str, **changes: Any) -> Reply:
+    """A mail about `ticket` to an agent: generated, not answering anything by default."""
+    reply = Reply(
+        number=str(ticket.number),
+        title=str(ticket.subject),
+        language=language,
+        to_addr=agent.addresses[0],
+        to_name=agent.display_name,
+        in_reply_to="",
+        references=(),
+        auto_submitted="auto-generated",
+    )
+    return dataclasses.replace(reply, **changes)
+
+
 def reply_to(ticket: Ticket, mail: ParsedMail) -> Reply:
     return Reply(
         number=str(ticket.number),
@@ -338,18 +355,13 @@ def notify_agents(
     names = ", ".join(a.filename for a in mail.attachments)
     customer = f"{mail.from_name} <{mail.from_addr}>" if mail.from_name else mail.from_addr
     for agent in desk.responsible(ticket):
-        reply = Reply(
-            number=str(ticket.number),
-            title=str(ticket.subject),
-            language=settings.agent_language,
-            to_addr=agent.addresses[0],
-            to_name=agent.display_name,
-            in_reply_to="",
-            references=(),
+        reply = to_agent(
+            ticket,
+            agent,
+            settings.agent_language,
             from_name=f"{mail.from_name or mail.from_addr} via {composer.sender.display_name}",
             reply_to=desk.token_address("r", str(ticket.number), agent.name),
             attachments=mail.attachments,
-            auto_submitted="auto-generated",
         )
         out = composer.compose(
             "notification",
@@ -382,16 +394,7 @@ def tell_owner(
     desk = settings.desk
     assert desk is not None
     for agent in desk.responsible(named):
-        reply = Reply(
-            number=str(named.number),
-            title=str(named.subject),
-            language=settings.agent_language,
-            to_addr=agent.addresses[0],
-            to_name=agent.display_name,
-            in_reply_to="",
-            references=(),
-            auto_submitted="auto-generated",
-        )
+        reply = to_agent(named, agent, settings.agent_language)
         out = composer.compose(
             "stranger", reply, stranger=mail.from_addr, new_tag=f"[{settings.prefix}#{new.number}]"
         )

@@ -124,18 +124,9 @@ def _warning_answered(mail: ParsedMail) -> Message | None:
 def _warn(
     ticket: Ticket, message: Message, mail: ParsedMail, composer: Composer, now: datetime
 ) -> None:
-    from mailtick.tickets import queue_mail  # tickets builds on this module
+    from mailtick.tickets import queue_mail, reply_to  # tickets builds on this module
 
-    reply = Reply(
-        number=str(ticket.number),
-        title=str(ticket.subject),
-        language=str(ticket.language),
-        to_addr=mail.from_addr,
-        to_name=mail.from_name,
-        in_reply_to=mail.message_id,
-        references=mail.references,
-    )
-    out = composer.compose("drift_warning", reply)
+    out = composer.compose("drift_warning", reply_to(ticket, mail))
     queue_mail(ticket, out, "drift-warning", now, about=str(message.message_id))
     Event.create(ticket=ticket, at=now, kind="drift", detail=f"warned about {message.message_id}")
 
