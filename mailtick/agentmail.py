@@ -9,21 +9,25 @@ wrong, nothing is executed or relayed and the agent gets an error mail instead.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from datetime import datetime
+from email.parser import BytesHeaderParser
 
 from mailtick.answers import Composer, Reply
 from mailtick.commands import Command, parse_commands
 from mailtick.commands import help_text as command_help
 from mailtick.config import AgentConfig
-from mailtick.db import Event, Message, Participant, Ticket, Wish, insert_row
+from mailtick.db import Event, Message, Participant, Ticket, Wish, bound, insert_row
 from mailtick.identify import Desk
 from mailtick.ingest.quotes import split_reply
 from mailtick.mail import ParsedMail, RawMail
 from mailtick.outcomes import Rejected
 from mailtick.security import ReplyToken
-from mailtick.tickets import Recorded, RecordSettings, _db, queue_mail, to_agent
+from mailtick.tickets import Recorded, RecordSettings, queue_mail, to_agent
 from mailtick.topics import split_off, tell_customer
+
+_MSGID = re.compile(r"<[^<>\s]+>")
 
 
 def record_agent_mail(
@@ -79,7 +83,7 @@ def _store(
     now: datetime,
 ) -> None:
     insert_row(
-        _db(),
+        bound(),
         Message,
         ticket=ticket.id,
         message_id=mail.message_id,
@@ -201,14 +205,16 @@ class Acting:
                 (Participant.ticket == target) & (Participant.address == person.address)
             )
             if not known.exists():
-                insert_row(_db(), Participant, ticket=target.id, address=person.address, role="cc")
+                insert_row(
+                    bound(), Participant, ticket=target.id, address=person.address, role="cc"
+                )
         source.status, source.closed_at, source.merged_into = "closed", self.now, target
         self.event("merged", f"into {number} by {self.agent.name}")
         self.event("merged", f"{source.number} merged in by {self.agent.name}", ticket=target)
 
     def wish(self, name: str) -> None:
         if not Wish.select().where(Wish.name == name).exists():
-            insert_row(_db(), Wish, name=name, first_at=self.now)
+            insert_row(bound(), Wish, name=name, first_at=self.now)
         Wish.update(count=Wish.count + 1, last_at=self.now).where(Wish.name == name).execute()
         self.event("wish", f'"{name}" recorded by {self.agent.name}')
 
@@ -237,7 +243,11 @@ def _last_customer_message(ticket: Ticket) -> Message | None:
 
 
 def _references(message: Message | None) -> tuple[str, ...]:
-    return () if message is None else (str(message.message_id),)
+    """The References chain of the customer's last mail (our answer adds its Message-ID)."""
+    if message is None:
+        return ()
+    headers = BytesHeaderParser().parsebytes(bytes(message.data))
+    return tuple(_MSGID.findall(str(headers.get("References", ""))))
 
 
 COMMANDS: dict[str, Callable[[Acting, Command], None]] = {

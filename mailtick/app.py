@@ -13,12 +13,13 @@ import signal
 from dataclasses import dataclass
 
 from mailtick.answers import Composer
-from mailtick.config import Config
+from mailtick.config import Config, ImapConfig
 from mailtick.db import check_durability
 from mailtick.identify import Desk
 from mailtick.ingest.parse import warm_up
 from mailtick.ingest.watch import Counts, Watcher
 from mailtick.ingest.workers import ParsePool
+from mailtick.notify import Notifier, keep_alive
 from mailtick.pipeline import Pipeline
 from mailtick.security import TokenSigner
 from mailtick.send import SendCounts, Sender
@@ -61,6 +62,7 @@ class Daemon:
         )
         self.watcher = Watcher(config.imap, self.store, self.pipeline)
         self.stop = asyncio.Event()
+        self.notifier = Notifier()  # systemd Type=notify; a no-op outside systemd
 
     @staticmethod
     def support_address(config: Config) -> str:
@@ -93,6 +95,13 @@ class Daemon:
             asyncio.create_task(self.sender.run(self.stop), name="send"),
         ]
         stopper = asyncio.create_task(self.stop.wait())
+        # systemd: READY=1 now, then STATUS= and WATCHDOG=1 while healthy (watchdog_grace)
+        imap, grace = self.config.imap, watchdog_grace(self.config.imap)
+        self.notifier.ready(f"started: {imap.username} at {imap.host}, mailbox {imap.mailbox}")
+        keeper = asyncio.create_task(
+            keep_alive(self.notifier, self.watcher.connected, self.stop, grace=grace),
+            name="systemd",
+        )
         try:
             done, _ = await asyncio.wait([*tasks, stopper], return_when=asyncio.FIRST_COMPLETED)
             if stopper not in done:  # a stage died: exit non-zero so systemd restarts us
@@ -103,6 +112,7 @@ class Daemon:
             await asyncio.wait(tasks, timeout=30)
         finally:
             stopper.cancel()
+            keeper.cancel()
             for task in tasks:
                 task.cancel()
             for task in tasks:
@@ -115,6 +125,7 @@ class Daemon:
 
     def request_stop(self, why: str = "request") -> None:
         log.info("stopping (%s)", why)
+        self.notifier.stopping()
         self.stop.set()
 
     async def run_once(self) -> OnceResult:
@@ -147,3 +158,19 @@ def make_desk(config: Config, composer: Composer) -> Desk | None:
         support_addr=composer.sender.addr_spec.lower(),
         authserv_id=config.security.authserv_id,
     )
+
+
+def watchdog_grace(imap: ImapConfig) -> float:
+    """How long the daemon may be without an IMAP session and still feed systemd's watchdog.
+
+    Three IDLE renewals or three of the longest reconnect delays, whichever is
+    longer: 15 minutes with the defaults. A mail server restart, a network blip
+    or a reconnect backoff pass quietly (STATUS= says "reconnecting"); a mailbox
+    out of reach for longer stops the WATCHDOG=1 pings, so systemd restarts the
+    service (WatchdogSec= later), which shows the outage in `systemctl status`
+    and starts afresh: new DNS lookups, TLS and database connections. The first
+    catch-up after a (re)connect counts as "without a session": a backlog that
+    takes longer than this restarts the daemon, which goes on where the cursor
+    stopped (it moves after every batch).
+    """
+    return 3 * max(imap.idle_timeout, imap.reconnect_max)

@@ -291,6 +291,11 @@ def check_durability(db: pw.Database) -> None:
 # Table and column names come from our models, never from input; values are parameters.
 
 
+def bound() -> pw.Database:
+    """The database the models are bound to (see open_database)."""
+    return Ticket._meta.database  # type: ignore[no-any-return]
+
+
 def _is_postgres(db: pw.Database) -> bool:
     return isinstance(db, pw.PostgresqlDatabase)
 
@@ -316,6 +321,27 @@ def insert_row(db: pw.Database, model: type[BaseModel], **values: Any) -> int:
     params = [fields[name].db_value(value) for name, value in values.items()]
     cursor = db.execute_sql(sql, params)  # type: ignore[no-untyped-call]
     return int(cursor.fetchone()[0] if _is_postgres(db) else cursor.lastrowid)
+
+
+@functools.lru_cache(maxsize=16)
+def _select_sql(model: type[BaseModel], param: str) -> tuple[str, tuple[pw.Field, ...]]:
+    meta = model._meta
+    fields = tuple(meta.sorted_fields)
+    columns = ", ".join(f'"{field.column_name}"' for field in fields)
+    return f'SELECT {columns} FROM "{meta.table_name}" WHERE "id" = {param}', fields
+
+
+def get_row(db: pw.Database, model: type[Row], row_id: int) -> Any:
+    """Model.get_by_id as plain SQL: the model instance, or None."""
+    sql, fields = _select_sql(model, db.param)
+    found = db.execute_sql(sql, (row_id,)).fetchone()  # type: ignore[no-untyped-call]
+    if found is None:
+        return None
+    values = {
+        field.name: field.python_value(value)  # type: ignore[no-untyped-call]
+        for field, value in zip(fields, found, strict=True)
+    }
+    return model(**values)
 
 
 def execute(db: pw.Database, sql: str, *params: Any) -> Any:

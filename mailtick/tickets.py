@@ -23,6 +23,7 @@ from mailtick.db import (
     Outbox,
     Participant,
     Ticket,
+    bound,
     execute,
     insert_row,
     utcnow,
@@ -110,7 +111,7 @@ def record_mail(
         message = Message(
             id=stored, message_id=mail.message_id, subject=mail.subject, text=mail.text
         )
-        topic = check_reply(ticket, message, mail, settings, composer, closed_for)
+        topic = check_reply(ticket, message, mail, settings, composer, closed_for, now)
         ticket = topic.ticket
     acknowledged = decision.ticket is None and not disposition.automatic
     if acknowledged and not usable_address(mail.from_addr):
@@ -121,7 +122,7 @@ def record_mail(
     if acknowledged:
         queue_mail(ticket, composer.acknowledgement(reply_to(ticket, mail)), "ack", now)
     if settings.desk is not None and not disposition.automatic:
-        notify_agents(ticket, mail, settings, composer, now, identity.warning, drift_note(topic))
+        notify_agents(ticket, mail, settings, composer, now, identity.warning, topic)
         if decision.outsider_of is not None:
             tell_owner(decision.outsider_of, ticket, mail, settings, composer, now)
     return Recorded(
@@ -138,7 +139,7 @@ def next_number() -> str:
     """The next ticket number. The UPDATE takes a row lock (PostgreSQL) or runs under
     BEGIN IMMEDIATE (SQLite), so two processes never draw the same value."""
     bump = "UPDATE counter SET value = value + 1 WHERE name = {p} RETURNING value"
-    [value] = execute(_db(), bump, "ticket").fetchone()
+    [value] = execute(bound(), bump, "ticket").fetchone()
     return ticket_number(FIRST_SEQUENCE + int(value))
 
 
@@ -154,7 +155,7 @@ def _open_ticket(mail: ParsedMail, decision: Decision, prefix: str, now: datetim
         "updated_at": now,
         "linked_to": decision.link_to,
     }
-    ticket = Ticket(id=insert_row(_db(), Ticket, **row), **row)
+    ticket = Ticket(id=insert_row(bound(), Ticket, **row), **row)
     if decision.link_to is not None:
         old = Ticket.get_by_id(decision.link_to)
         Event.create(
@@ -173,7 +174,7 @@ def _touch_ticket(ticket: Ticket, decision: Decision, now: datetime) -> Ticket:
         ticket.save()
         return ticket
     if not decision.reopen:
-        execute(_db(), "UPDATE ticket SET updated_at = {p} WHERE id = {p}", now, ticket.id)
+        execute(bound(), "UPDATE ticket SET updated_at = {p} WHERE id = {p}", now, ticket.id)
         return ticket
     ticket.status = "open"
     ticket.closed_at = None
@@ -192,7 +193,7 @@ def _store_message(  # returns the new row's id
     flag: str = "",
 ) -> int:
     message_id = insert_row(
-        _db(),
+        bound(),
         Message,
         ticket=ticket.id,
         message_id=mail.message_id,
@@ -213,7 +214,7 @@ def _store_message(  # returns the new row's id
     )
     for item in mail.attachments:
         insert_row(
-            _db(),
+            bound(),
             Attachment,
             message=message_id,
             filename=item.filename,
@@ -222,11 +223,6 @@ def _store_message(  # returns the new row's id
             data=item.data,
         )
     return message_id
-
-
-def _db() -> pw.Database:
-    """The database the models are bound to (see db.open_database)."""
-    return Ticket._meta.database  # type: ignore[no-any-return]
 
 
 def to_agent(ticket: Ticket, agent: AgentConfig, language: str, **changes: Any) -> Reply:
@@ -270,7 +266,7 @@ def queue_mail(ticket: Ticket, out: OutgoingMail, kind: str, now: datetime, abou
     """Store an outgoing mail on its ticket and queue it; call inside the caller's transaction.
     Returns the outbox row's id."""
     message_id = insert_row(
-        _db(),
+        bound(),
         Message,
         ticket=ticket.id,
         message_id=out.message_id,
@@ -286,7 +282,7 @@ def queue_mail(ticket: Ticket, out: OutgoingMail, kind: str, now: datetime, abou
         created_at=now,
     )
     return insert_row(
-        _db(),
+        bound(),
         Outbox,
         message=message_id,
         mail_from=out.mail_from,
@@ -324,10 +320,11 @@ def add_participants(ticket: Ticket, mail: ParsedMail, desk: Desk | None, new: b
     ours = desk.addresses() if desk is not None else set()
     wanted = {mail.from_addr} if new else set()
     wanted |= {addr for addr in (*mail.to, *mail.cc) if addr not in ours and not _ours(addr, desk)}
-    known = {p.address for p in Participant.select().where(Participant.ticket == ticket)}
-    for addr in sorted(wanted - known):
+    if not new and wanted:
+        wanted -= {p.address for p in Participant.select().where(Participant.ticket == ticket)}
+    for addr in sorted(wanted):
         role = "requester" if addr == ticket.requester else "cc"
-        insert_row(_db(), Participant, ticket=ticket.id, address=addr, role=role)
+        insert_row(bound(), Participant, ticket=ticket.id, address=addr, role=role)
 
 
 def _ours(addr: str, desk: Desk | None) -> bool:
@@ -346,9 +343,12 @@ def notify_agents(
     composer: Composer,
     now: datetime,
     warning: str,
-    drift: str = "",
+    topic: TopicOutcome | None = None,
 ) -> None:
-    """Tell the responsible agents about a customer's mail, with both reply paths."""
+    """Tell the responsible agents about a customer's mail, with both reply paths. After a
+    split the mail is about the new ticket, whose first message is the split-off text."""
+    split = topic is not None and topic.action in ("split", "split-on-request")
+    text = topic.text if topic is not None and topic.text else mail.text
     desk = settings.desk
     assert desk is not None
     count = Message.select().where(Message.ticket == ticket).count()
@@ -366,9 +366,9 @@ def notify_agents(
         out = composer.compose(
             "notification",
             reply,
-            new=count <= 2,
+            new=count <= 2 or split,
             warning=warning,
-            drift=drift,
+            drift=drift_note(topic),
             customer=customer,
             status=ticket.status,
             priority=ticket.priority,
@@ -376,7 +376,7 @@ def notify_agents(
             age=_age(ticket.created_at, now),
             messages=count,
             attachments=names,
-            text=split_reply(mail.text).visible.strip() or "(no text)",
+            text=split_reply(text).visible.strip() or "(no text)",
             note_address=desk.token_address("n", str(ticket.number), agent.name),
         )
         queue_mail(ticket, out, "notification", now)
@@ -402,5 +402,5 @@ def tell_owner(
 
 
 def _age(created: datetime, now: datetime) -> str:
-    hours = int((now - created).total_seconds() // 3600)
+    hours = max(0, int((now - created).total_seconds() // 3600))
     return f"{hours // 24} d" if hours >= 48 else f"{hours} h"

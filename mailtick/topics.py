@@ -20,7 +20,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 from mailtick.answers import Composer, Reply
-from mailtick.db import Event, Message, Ticket, utcnow
+from mailtick.db import Event, Message, Ticket, bound, execute
 from mailtick.ingest.quotes import split_reply
 from mailtick.mail import ParsedMail
 from mailtick.threading.drift import DriftVerdict, detect
@@ -43,6 +43,7 @@ class TopicOutcome:
     ticket: Ticket  # where the reply is now (a new ticket after a split)
     verdict: DriftVerdict | None  # None when nothing was judged
     action: str  # "none" | "warn" | "split" | "split-on-request"
+    text: str = ""  # for a split on request: the text that now opens the new ticket
 
 
 def check_reply(
@@ -52,16 +53,16 @@ def check_reply(
     settings: RecordSettings,
     composer: Composer,
     closed_for: timedelta | None,
+    now: datetime,
 ) -> TopicOutcome:
     """Judge a customer's reply on `ticket` (stored as `message`) and act on it."""
-    now = utcnow()
     visible = split_reply(mail.text).visible
     warned = _warning_answered(mail)
     if warned is not None and NEW_WORD.match(visible):
         new = split_off(ticket, warned, now, "the customer (NEU/NEW)", composer.prefix)
         Message.update(ticket=new).where(Message.id == message.id).execute()
         tell_customer(ticket, new, composer, now)
-        return TopicOutcome(new, None, "split-on-request")
+        return TopicOutcome(new, None, "split-on-request", text=str(warned.text))
     if settings.drift_action == "off":
         return TopicOutcome(ticket, None, "none")
     verdict = detect(
@@ -83,26 +84,20 @@ def check_reply(
     return TopicOutcome(ticket, verdict, action)
 
 
+_HISTORY_SQL = (
+    "SELECT text FROM message WHERE ticket_id = {p} AND direction = 'in'"
+    " AND kind = 'customer' AND id <> {p} ORDER BY id DESC LIMIT " + str(HISTORY_MESSAGES)
+)
+
+
 def _history(ticket: Ticket, current: Message) -> list[str]:
-    rows = (
-        Message.select(Message.text)
-        .where(
-            (Message.ticket == ticket)
-            & (Message.direction == "in")
-            & (Message.kind == "customer")
-            & (Message.id != current.id)
-        )
-        .order_by(Message.id.desc())
-        .limit(HISTORY_MESSAGES)
-    )
-    return [split_reply(str(row.text)).visible for row in reversed(list(rows))]
+    rows = execute(bound(), _HISTORY_SQL, ticket.id, current.id).fetchall()
+    return [split_reply(str(text)).visible for (text,) in reversed(rows)]
 
 
 def _record(message: Message, verdict: DriftVerdict, action: str) -> None:
-    decision = {**verdict.to_json(), "action": action}
-    Message.update(drift=json.dumps(decision, ensure_ascii=False)).where(
-        Message.id == message.id
-    ).execute()
+    decision = json.dumps({**verdict.to_json(), "action": action}, ensure_ascii=False)
+    execute(bound(), "UPDATE message SET drift = {p} WHERE id = {p}", decision, message.id)
 
 
 def _warning_answered(mail: ParsedMail) -> Message | None:

@@ -109,6 +109,7 @@ def test_notification_relayed_answer_and_the_customers_reply(
     assert answer.message["From"].addresses[0].display_name == "Dana Example via Example Support"
     assert answer.message["Subject"] == f"[MT#{number}] Mails kommen nicht an"
     assert answer.message["In-Reply-To"] == customer_id
+    assert answer.message["References"].split().count(customer_id) == 1
     text = answer.message.get_content()
     assert "bitte prüfen Sie Ihren SPF-Eintrag" in text
     assert "schrieb Support" not in text and "Neues Ticket" not in text  # quote stripped

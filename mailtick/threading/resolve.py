@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from mailtick.db import Message, Ticket, execute, utcnow
+from mailtick.db import Message, Ticket, bound, execute, get_row, utcnow
 from mailtick.mail import ParsedMail
 from mailtick.numbers import is_valid
 from mailtick.threading.subject import tagged_numbers
@@ -103,7 +103,7 @@ def resolve(lookup: Lookup, reopen_days: int, now: datetime | None = None) -> De
 
 
 def _closed_ticket_rule(found: Match, reopen_days: int, now: datetime) -> Decision:
-    ticket = Ticket.get_by_id(found.ticket_id)
+    ticket = get_row(bound(), Ticket, found.ticket_id)
     if ticket.status != "closed":
         return Decision(ticket, found.rule, found.detail)
     closed_at = ticket.closed_at or ticket.updated_at
