@@ -178,7 +178,7 @@ class Sender:
                 task.cancel()
 
     async def _seconds_to_next_due(self) -> float:
-        due = await self.store.run(next_due, self.store.db)
+        due = await self.store.sending.run(next_due, self.store.db)
         if due is None:
             return 60.0
         return max(0.05, min(60.0, (due - utcnow()).total_seconds()))
@@ -186,7 +186,7 @@ class Sender:
     async def drain(self) -> SendCounts:
         """Send every due mail; returns what happened. Stops early only on connection loss."""
         counts = SendCounts()
-        while batch := await self.store.run(claim_due, self.store.db, utcnow()):
+        while batch := await self.store.sending.run(claim_due, self.store.db, utcnow()):
             await self._send_batch(batch, counts)
             if counts.deferred:
                 break  # the server is unwell: leave the rest for the next round
@@ -239,7 +239,9 @@ class Sender:
                 await self._defer(item, text, counts)
             return
         note = "; ".join(f"{rcpt}: {resp.code} {resp.message}" for rcpt, resp in refused.items())
-        marks.append(asyncio.ensure_future(self.store.run(mark_sent, self.store.db, item.id, note)))
+        marks.append(
+            asyncio.ensure_future(self.store.sending.run(mark_sent, self.store.db, item.id, note))
+        )
         counts.sent += 1
         log.info("sent %s to %s", item.message_id, ",".join(item.rcpt_to))
 
@@ -250,7 +252,7 @@ class Sender:
         delay = min(self.config.retry_max, self.config.retry_min * 2**item.attempts)
         delay *= random.uniform(0.8, 1.2)
         retry_at = utcnow() + timedelta(seconds=delay)
-        await self.store.run(mark_deferred, self.store.db, item.id, error, retry_at)
+        await self.store.sending.run(mark_deferred, self.store.db, item.id, error, retry_at)
         counts.deferred += 1
         log.warning(
             "deferred %s (attempt %d): %s; retry in %.0fs",
@@ -261,6 +263,6 @@ class Sender:
         )
 
     async def _fail(self, item: Queued, error: str, counts: SendCounts) -> None:
-        await self.store.run(mark_failed, self.store.db, item.id, error)
+        await self.store.sending.run(mark_failed, self.store.db, item.id, error)
         counts.failed += 1
         log.error("failed %s to %s: %s", item.message_id, ",".join(item.rcpt_to), error)

@@ -1,7 +1,8 @@
-"""The one way blocking database work leaves the event loop: a single worker thread. Database.
+"""The one way blocking database work leaves the event loop: worker threads (lanes). Database.
 
-peewee keeps one connection per thread; with one worker there is one connection,
-and calls run in the order they were made. A lost connection becomes Transient.
+peewee keeps one connection per thread; each lane is one thread with one connection,
+and the calls on a lane run in the order they were made. A lost connection becomes
+Transient.
 """
 
 from __future__ import annotations
@@ -20,14 +21,46 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 
+class Lane:
+    """One worker thread with its own database connection (peewee keeps one per thread)."""
+
+    def __init__(self, name: str) -> None:
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
+        self.db: pw.Database | None = None
+
+    async def run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """Run `fn(*args, **kwargs)` on this lane's thread; a lost connection is Transient."""
+        try:
+            return await self.submit(fn, *args, **kwargs)
+        except Exception as exc:
+            if is_connection_error(exc) and self.db is not None:
+                raise guard(self.db, exc) from exc
+            raise
+
+    async def submit(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, functools.partial(fn, *args, **kwargs))
+
+    async def close(self) -> None:
+        if self.db is not None:
+            await self.submit(self.db.close)
+        self._executor.shutdown(wait=True)
+
+
 class Store:
+    """The ingest lane (`run`) and a second lane for the sender (`sending`), so that the
+    sender's small commits (each fsynced) overlap ingest's work instead of queueing
+    behind it. SQLite serialises the two writers with its lock (busy_timeout)."""
+
     def __init__(self, url: str) -> None:
         self.url = url
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mailtick-db")
+        self._main = Lane("mailtick-db")
+        self.sending = Lane("mailtick-db-send")
         self._db: pw.Database | None = None
 
     async def open(self) -> pw.Database:
-        self._db = await self._submit(open_database, self.url)
+        self._db = await self._main.submit(open_database, self.url)
+        self._main.db = self.sending.db = self._db
         return self._db
 
     @property
@@ -37,19 +70,9 @@ class Store:
         return self._db
 
     async def run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
-        """Run `fn(*args, **kwargs)` on the database thread."""
-        try:
-            return await self._submit(fn, *args, **kwargs)
-        except Exception as exc:
-            if is_connection_error(exc):
-                raise guard(self.db, exc) from exc
-            raise
-
-    async def _submit(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, functools.partial(fn, *args, **kwargs))
+        """Run `fn(*args, **kwargs)` on the ingest lane's thread."""
+        return await self._main.run(fn, *args, **kwargs)
 
     async def close(self) -> None:
-        if self._db is not None:
-            await self._submit(self._db.close)
-        self._executor.shutdown(wait=True)
+        await self.sending.close()
+        await self._main.close()

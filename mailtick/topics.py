@@ -102,17 +102,18 @@ def _record(message: Message, verdict: DriftVerdict, action: str) -> None:
 
 def _warning_answered(mail: ParsedMail) -> Message | None:
     """The customer message a drift warning was about, when `mail` answers that warning."""
-    ids = [*mail.in_reply_to, *mail.references[-3:]]
+    ids = list(dict.fromkeys((*mail.in_reply_to, *mail.references[-3:])))
     if not ids:
         return None
-    warning = (
-        Message.select()
-        .where((Message.message_id.in_(ids)) & (Message.kind == "drift-warning"))
-        .first()
+    marks = ", ".join(["{p}"] * len(ids))
+    sql = (
+        "SELECT thread_detail FROM message"
+        f" WHERE kind = 'drift-warning' AND message_id IN ({marks})"
     )
-    if warning is None:
+    row = execute(bound(), sql, *ids).fetchone()
+    if row is None:
         return None
-    found: Message | None = Message.get_or_none(Message.message_id == warning.thread_detail)
+    found: Message | None = Message.get_or_none(Message.message_id == row[0])
     return found
 
 
