@@ -98,29 +98,12 @@ def record_mail(
 
         return record_agent_mail(raw, mail, identity.agent, identity.token, settings, composer, now)
     decision = participants_only(resolve(lookup, settings.reopen_days), mail, settings.desk)
-    closed_for: timedelta | None = None
-    if decision.ticket is None:
-        ticket = _open_ticket(mail, decision, settings.prefix, now)
-    else:
-        closed_for = now - decision.ticket.closed_at if decision.ticket.closed_at else None
-        ticket = _touch_ticket(decision.ticket, decision, now)
-    stored = _store_message(ticket, raw, mail, disposition, decision, now, flag=identity.warning)
-    add_participants(ticket, mail, settings.desk, new=decision.ticket is None)
-    topic = None
-    if decision.ticket is not None and not disposition.automatic:
-        message = Message(
-            id=stored, message_id=mail.message_id, subject=mail.subject, text=mail.text
-        )
-        topic = check_reply(ticket, message, mail, settings, composer, closed_for, now)
-        ticket = topic.ticket
+    ticket, topic = _store_customer_mail(
+        raw, mail, disposition, decision, settings, composer, now, identity.warning
+    )
     acknowledged = decision.ticket is None and not disposition.automatic
-    if acknowledged and not usable_address(mail.from_addr):
-        Event.create(
-            ticket=ticket, at=now, kind="not-acknowledged", detail="unusable sender address"
-        )
-        acknowledged = False
     if acknowledged:
-        queue_mail(ticket, composer.acknowledgement(reply_to(ticket, mail)), "ack", now)
+        acknowledged = _acknowledge(ticket, mail, composer, now)
     if settings.desk is not None and not disposition.automatic:
         notify_agents(ticket, mail, settings, composer, now, identity.warning, topic)
         if decision.outsider_of is not None:
@@ -133,6 +116,44 @@ def record_mail(
         queued_mail=acknowledged or settings.desk is not None,
         flag=identity.warning,
     )
+
+
+def _store_customer_mail(
+    raw: RawMail | None,
+    mail: ParsedMail,
+    disposition: Disposition,
+    decision: Decision,
+    settings: RecordSettings,
+    composer: Composer,
+    now: datetime,
+    flag: str,
+) -> tuple[Ticket, TopicOutcome | None]:
+    """Open or touch the ticket, store the mail, then judge a reply for topic drift;
+    returns where the mail ended up (a split moves it to a new ticket)."""
+    closed_for: timedelta | None = None
+    if decision.ticket is None:
+        ticket = _open_ticket(mail, decision, settings.prefix, now)
+    else:
+        closed_for = now - decision.ticket.closed_at if decision.ticket.closed_at else None
+        ticket = _touch_ticket(decision.ticket, decision, now)
+    stored = _store_message(ticket, raw, mail, disposition, decision, now, flag=flag)
+    add_participants(ticket, mail, settings.desk, new=decision.ticket is None)
+    if decision.ticket is None or disposition.automatic:
+        return ticket, None
+    message = Message(id=stored, message_id=mail.message_id, subject=mail.subject, text=mail.text)
+    topic = check_reply(ticket, message, mail, settings, composer, closed_for, now)
+    return topic.ticket, topic
+
+
+def _acknowledge(ticket: Ticket, mail: ParsedMail, composer: Composer, now: datetime) -> bool:
+    """Queue the acknowledgement of a new ticket; False when the sender cannot get one."""
+    if not usable_address(mail.from_addr):
+        Event.create(
+            ticket=ticket, at=now, kind="not-acknowledged", detail="unusable sender address"
+        )
+        return False
+    queue_mail(ticket, composer.acknowledgement(reply_to(ticket, mail)), "ack", now)
+    return True
 
 
 def next_number() -> str:
