@@ -221,6 +221,18 @@ def test_merge_and_wish(
     )
     assert Message.select().where(Message.ticket == second).count() == 0
     assert Wish.get().name == "Export als CSV" and Wish.get().count == 1
+    # The customer answers under the merged ticket's tag: it lands in the surviving ticket.
+    imap_client.append(
+        make_mail(
+            from_addr=CUSTOMER,
+            subject=f"AW: [MT#{second.number}] Nochmal: Mails",
+            body="Danke für die Rückmeldung, ich warte dann.",
+        )
+    )
+    run_once(desk_config)
+    reply = Message.get(Message.text.contains("ich warte dann"))
+    assert reply.ticket_id == Ticket.get(Ticket.number == number).id
+    assert Ticket.get_by_id(second.id).status == "closed"
 
 
 def test_forged_agent_mail_changes_nothing(

@@ -104,6 +104,10 @@ def resolve(lookup: Lookup, reopen_days: int, now: datetime | None = None) -> De
 
 def _closed_ticket_rule(found: Match, reopen_days: int, now: datetime) -> Decision:
     ticket = get_row(bound(), Ticket, found.ticket_id)
+    for _ in range(10):  # a merged ticket lives on in the one it was merged into
+        if ticket.merged_into_id is None:
+            break
+        ticket = get_row(bound(), Ticket, ticket.merged_into_id)
     if ticket.status != "closed":
         return Decision(ticket, found.rule, found.detail)
     closed_at = ticket.closed_at or ticket.updated_at
