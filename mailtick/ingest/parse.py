@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import email.errors
 import hashlib
 import re
 from collections.abc import Iterable
@@ -59,7 +60,7 @@ def clean_header(value: Any) -> str:
     """A header value decoded from RFC 2047 with every control character (CR, LF, NUL) removed."""
     try:
         text = str(make_header(decode_header(str(value))))
-    except (UnicodeError, LookupError, ValueError, binascii.Error):
+    except (UnicodeError, LookupError, ValueError, binascii.Error, email.errors.MessageError):
         text = str(value)
     return " ".join(_CONTROL.sub(" ", text).split())
 
@@ -71,13 +72,20 @@ def _message_id(message: Message, raw: bytes) -> str:
     return f"<{hashlib.sha256(raw).hexdigest()[:40]}@no-message-id.mailtick.invalid>"
 
 
+def _undecoded(value: Any) -> str:
+    """A header as sent, control characters removed. Addresses are parsed from this,
+    before any RFC 2047 decoding: an encoded display name such as
+    =?utf-8?q?boss=40example.com?= must never become the address."""
+    return " ".join(_CONTROL.sub(" ", str(value)).split())
+
+
 def _from(message: Message) -> tuple[str, str]:
-    name, addr = parseaddr(clean_header(message.get("From", "")))
+    name, addr = parseaddr(_undecoded(message.get("From", "")))
     return clean_header(name), addr.strip().lower()
 
 
 def _addresses(values: Iterable[Any]) -> tuple[str, ...]:
-    pairs = getaddresses([clean_header(v) for v in values])
+    pairs = getaddresses([_undecoded(v) for v in values])
     return tuple(addr.strip().lower() for _, addr in pairs if "@" in addr)
 
 
@@ -86,7 +94,7 @@ def _date(value: Any) -> Any:
         return None
     try:
         return parsedate_to_datetime(str(value))
-    except (TypeError, ValueError, IndexError):
+    except (TypeError, ValueError, IndexError, OverflowError):
         return None
 
 

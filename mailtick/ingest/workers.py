@@ -38,6 +38,8 @@ def parse_many(datas: Sequence[bytes], default_language: str) -> list[Parsed]:
             results.append(parse(data, default_language))
         except Rejected as exc:
             results.append(exc)
+        except Exception as exc:  # a parser bug must cost one mail (quarantined), not the daemon
+            results.append(Rejected(f"parser error: {type(exc).__name__}: {exc}"))
     return results
 
 
