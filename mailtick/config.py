@@ -90,7 +90,7 @@ class TicketsConfig:
     prefix: str = "MT"  # subject tag [MT#10017]
     reopen_days: int = 30  # a reply within this many days of closing reopens the ticket
     default_language: Literal["de", "en"] = "en"
-    max_mail_bytes: int = 25 * 1024 * 1024  # larger mail is quarantined, not parsed
+    max_mail_bytes: int = 25 * 1024 * 1024  # larger mail is quarantined, never made a ticket
 
 
 @dataclass(frozen=True)
