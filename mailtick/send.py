@@ -9,8 +9,11 @@ waits for this stage.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
+import os
 import random
+import socket
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -53,7 +56,7 @@ class SendCounts:
 def claim_due(db: pw.Database, now: datetime, limit: int = BATCH) -> list[Queued]:
     """Lease up to `limit` due rows to this sender in one transaction. The UPDATE re-checks
     the lease, so a row another instance leased in the meantime is not taken twice."""
-    token = uuid.uuid4().hex
+    token = claim_token()
     free = (Outbox.status == "pending") & (
         Outbox.claimed_until.is_null() | (Outbox.claimed_until < now)
     )
@@ -116,12 +119,59 @@ def mark_failed(db: pw.Database, row_id: int, error: str) -> None:
 
 
 def next_due(db: pw.Database) -> datetime | None:
-    value = (
-        Outbox.select(pw.fn.MIN(Outbox.next_attempt_at)).where(Outbox.status == "pending").scalar()
+    """When the next pending row may be sent: its retry time, or the end of its lease."""
+    due = (
+        "SELECT MIN(CASE WHEN claimed_until IS NOT NULL AND claimed_until > next_attempt_at"
+        " THEN claimed_until ELSE next_attempt_at END) FROM outbox WHERE status = 'pending'"
     )
+    [value] = execute(db, due).fetchone()
     if isinstance(value, str):  # SQLite hands back text for an aggregate
         return datetime.fromisoformat(value)
     return value  # type: ignore[no-any-return]
+
+
+# A lease names its holder: this host, this process, this start. After a crash, the
+# restarted daemon on the same host frees the leases of processes that no longer run,
+# so their mail goes out at once instead of after LEASE. (A lease held by another host
+# of a PostgreSQL cluster simply runs out.)
+_HOST = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
+_START = uuid.uuid4().hex[:8]
+
+
+def claim_token() -> str:
+    """host:pid:start:claim, at most 32 characters (pids have at most 7 digits)."""
+    return f"{_HOST}:{os.getpid()}:{_START}:{uuid.uuid4().hex[:6]}"
+
+
+def _gone(token: str) -> bool:
+    """A lease of this host whose process is dead, or of an earlier process with our pid."""
+    host, pid_text, start = ([*token.split(":"), "", ""])[:3]
+    if host != _HOST or not pid_text.isdigit():
+        return False
+    if int(pid_text) == os.getpid():
+        return start != _START
+    try:
+        os.kill(int(pid_text), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def release_orphans(db: pw.Database) -> int:
+    """Free the leases that crashed senders on this host left behind."""
+    held = (
+        "SELECT DISTINCT claim_token FROM outbox"
+        " WHERE status = 'pending' AND claim_token IS NOT NULL"
+    )
+    release = "UPDATE outbox SET claimed_until = NULL, claim_token = NULL WHERE claim_token = {p}"
+    freed = 0
+    with write_transaction(db):
+        for (token,) in execute(db, held).fetchall():
+            if _gone(str(token)):
+                freed += execute(db, release, token).rowcount
+    return freed
 
 
 # -- network side -------------------------------------------------------------------
@@ -162,6 +212,11 @@ class Sender:
         self.wake.set()
 
     async def run(self, stop: asyncio.Event) -> None:
+        try:
+            if freed := await self.store.sending.run(release_orphans, self.store.db):
+                log.warning("freed %d outbox rows leased by a sender that died", freed)
+        except Transient as exc:
+            log.warning("outbox unavailable: %s", exc.reason)
         while not stop.is_set():
             self.wake.clear()
             try:

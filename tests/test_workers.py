@@ -5,6 +5,10 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 from servers import make_mail
@@ -45,3 +49,35 @@ def test_a_killed_worker_becomes_a_retry_and_the_pool_recovers() -> None:
         assert len(asyncio.run(pool.parse(MAILS))) == len(MAILS)  # a fresh pool
     finally:
         pool.close()
+
+
+def test_workers_die_with_the_daemon(tmp_path: Path) -> None:
+    """kill -9 of the daemon must not leave parser processes behind."""
+    script = tmp_path / "daemon.py"
+    script.write_text(
+        "import sys, time\n"
+        "from mailtick.ingest.workers import ParsePool\n"
+        "pool = ParsePool(2, 'en'); pool.start(); time.sleep(1)\n"
+        "print(' '.join(str(p) for p in pool._pool._processes), flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    daemon = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    assert daemon.stdout is not None
+    workers = [int(p) for p in daemon.stdout.readline().split()]
+    assert len(workers) == 2
+    daemon.kill()
+    daemon.wait()
+    deadline = time.monotonic() + 10
+    while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(_alive(pid) for pid in workers)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie waiting for init to reap it counts as gone
+    with open(f"/proc/{pid}/stat") as stat:
+        return stat.read().split(") ")[1][0] != "Z"

@@ -14,8 +14,11 @@ Transient outcome (retry) and the pool is started afresh.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import logging
 import multiprocessing
+import os
+import signal
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -27,6 +30,7 @@ from mailtick.outcomes import Rejected, Transient
 log = logging.getLogger("mailtick.ingest")
 
 MIN_BATCH = 8
+PR_SET_PDEATHSIG = 1  # prctl(2)
 Parsed = ParsedMail | Rejected
 
 
@@ -43,6 +47,18 @@ def parse_many(datas: Sequence[bytes], default_language: str) -> list[Parsed]:
     return results
 
 
+def _die_with_parent() -> None:
+    """Linux: the kernel kills this worker when the daemon dies, even by SIGKILL, so no
+    orphaned parser outlives a crash (systemd would clean up; other supervisors don't)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):  # not Linux: nothing to arrange
+        return
+    if os.getppid() == 1:  # the parent died before prctl took effect
+        os._exit(1)
+
+
 class ParsePool:
     def __init__(self, workers: int, default_language: str) -> None:
         self.workers = workers
@@ -57,7 +73,9 @@ class ParsePool:
         if self.workers == 0 or self._pool is not None:
             return
         context = multiprocessing.get_context("fork")
-        self._pool = ProcessPoolExecutor(self.workers, mp_context=context)
+        self._pool = ProcessPoolExecutor(
+            self.workers, mp_context=context, initializer=_die_with_parent
+        )
         for _ in range(self.workers):  # the executor forks on demand: demand it now
             self._pool.submit(warm_up)
 

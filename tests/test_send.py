@@ -1,0 +1,63 @@
+"""The outbox after a crash: leases of dead senders are freed, due times respect leases."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from datetime import timedelta
+
+import peewee as pw
+
+from mailtick.db import Message, Outbox, Ticket, insert_row, open_database, utcnow
+from mailtick.send import _HOST, claim_token, next_due, release_orphans
+
+
+def _row(db: pw.Database, n: int, token: str | None, until_minutes: int) -> int:
+    ticket = insert_row(db, Ticket, number=f"1{n:04d}", subject="s", requester="a@b.example")
+    message = insert_row(
+        db,
+        Message,
+        ticket=ticket,
+        message_id=f"<{n}@x>",
+        direction="out",
+        author_addr="s@x",
+        data=b"x",
+    )
+    return insert_row(
+        db,
+        Outbox,
+        message=message,
+        mail_from="s@x",
+        rcpt_to="a@b.example",
+        claim_token=token,
+        claimed_until=utcnow() + timedelta(minutes=until_minutes) if token else None,
+    )
+
+
+def test_leases_of_dead_senders_on_this_host_are_freed(sqlite_url: str) -> None:
+    db = open_database(sqlite_url)
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    mine = claim_token()
+    rows = {
+        "dead process": _row(db, 1, f"{_HOST}:{dead.pid}:deadbeef:aaaaaa", 10),
+        "earlier us": _row(db, 2, f"{_HOST}:{os.getpid()}:00000000:bbbbbb", 10),
+        "other host": _row(db, 3, f"ffffffff:{dead.pid}:deadbeef:cccccc", 10),
+        "alive (us)": _row(db, 4, mine, 10),
+    }
+    assert release_orphans(db) == 2
+    held = {name: Outbox.get_by_id(i).claim_token for name, i in rows.items()}
+    assert held["dead process"] is None and held["earlier us"] is None
+    assert held["other host"] is not None and held["alive (us)"] == mine
+    db.close()
+
+
+def test_next_due_waits_for_a_lease_to_run_out(sqlite_url: str) -> None:
+    db = open_database(sqlite_url)
+    _row(db, 1, "ffffffff:1:x:y", 10)
+    due = next_due(db)
+    assert due is not None and due > utcnow() + timedelta(minutes=9)
+    _row(db, 2, None, 0)
+    due = next_due(db)
+    assert due is not None and due <= utcnow()
+    db.close()
