@@ -24,7 +24,7 @@ from mailtick.ingest.quotes import split_reply
 from mailtick.mail import ParsedMail, RawMail
 from mailtick.outcomes import Rejected
 from mailtick.security import ReplyToken
-from mailtick.tickets import Recorded, RecordSettings, queue_mail, to_agent
+from mailtick.tickets import Recorded, RecordSettings, queue_mail, store_incoming, to_agent
 from mailtick.topics import split_off, tell_customer
 
 _MSGID = re.compile(r"<[^<>\s]+>")
@@ -45,7 +45,17 @@ def record_agent_mail(
     parsed = parse_commands(split_reply(mail.text).visible, [a.name for a in desk.agents])
     note = token.kind == "n" or any(c.name == "note" for c in parsed.commands)
     kind = "agent-error" if parsed.errors else ("note" if note else "agent")
-    _store(ticket, raw, mail, agent, kind, parsed.body, now)
+    store_incoming(
+        ticket,
+        raw,
+        mail,
+        now,
+        kind=kind,
+        rule="reply-token",
+        detail=f"agent {agent.name}",
+        author_name=agent.display_name or agent.name,
+        text=parsed.body,
+    )
     acting = Acting(ticket, agent, mail, settings, composer, now)
     if parsed.errors:
         acting.command_error(list(parsed.errors))
@@ -71,36 +81,6 @@ def _target(number: str) -> Ticket:
     if ticket is None:
         raise Rejected(f"reply token names ticket {number}, which does not exist")
     return ticket
-
-
-def _store(
-    ticket: Ticket,
-    raw: RawMail | None,
-    mail: ParsedMail,
-    agent: AgentConfig,
-    kind: str,
-    text: str,
-    now: datetime,
-) -> None:
-    insert_row(
-        bound(),
-        Message,
-        ticket=ticket.id,
-        message_id=mail.message_id,
-        direction="in",
-        kind=kind,
-        author_addr=mail.from_addr,
-        author_name=agent.display_name or agent.name,
-        subject=mail.subject,
-        text=text,
-        data=mail.raw,
-        thread_rule="reply-token",
-        thread_detail=f"agent {agent.name}",
-        mailbox=raw.mailbox if raw else None,
-        uidvalidity=raw.uidvalidity if raw else None,
-        uid=raw.uid if raw else None,
-        created_at=now,
-    )
 
 
 class Acting:

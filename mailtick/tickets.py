@@ -204,7 +204,7 @@ def _touch_ticket(ticket: Ticket, decision: Decision, now: datetime) -> Ticket:
     return ticket
 
 
-def _store_message(  # returns the new row's id
+def _store_message(
     ticket: Ticket,
     raw: RawMail | None,
     mail: ParsedMail,
@@ -213,20 +213,40 @@ def _store_message(  # returns the new row's id
     now: datetime,
     flag: str = "",
 ) -> int:
+    kind = "automatic" if disposition.automatic else "customer"
+    return store_incoming(
+        ticket, raw, mail, now, kind=kind, rule=decision.rule, detail=decision.detail, flag=flag
+    )
+
+
+def store_incoming(
+    ticket: Ticket,
+    raw: RawMail | None,
+    mail: ParsedMail,
+    now: datetime,
+    *,
+    kind: str,
+    rule: str,
+    detail: str,
+    flag: str = "",
+    author_name: str | None = None,
+    text: str | None = None,
+) -> int:
+    """Store an incoming mail and its attachments on `ticket`; returns the message's id."""
     message_id = insert_row(
         bound(),
         Message,
         ticket=ticket.id,
         message_id=mail.message_id,
         direction="in",
-        kind="automatic" if disposition.automatic else "customer",
+        kind=kind,
         author_addr=mail.from_addr,
-        author_name=mail.from_name,
+        author_name=mail.from_name if author_name is None else author_name,
         subject=mail.subject,
-        text=mail.text,
+        text=mail.text if text is None else text,
         data=mail.raw,
-        thread_rule=decision.rule,
-        thread_detail=decision.detail,
+        thread_rule=rule,
+        thread_detail=detail,
         flag=flag,
         mailbox=raw.mailbox if raw else None,
         uidvalidity=raw.uidvalidity if raw else None,
