@@ -173,6 +173,18 @@ def test_commands_change_the_ticket_and_are_not_relayed(
     assert len(to(smtp_sink, "joerg@kunde.example")) == 1  # commands alone relay nothing
 
 
+def test_note_command_turns_a_reply_into_an_internal_note(
+    imap_client: ImapTestClient, smtp_sink: SmtpSink, desk_config: Config, db: pw.Database
+) -> None:
+    _, notification = open_ticket(imap_client, smtp_sink, desk_config)
+    imap_client.append(agent_mail(notification, "#notiz\nKunde ist VIP, bitte bevorzugt."))
+    run_once(desk_config)
+    assert len(to(smtp_sink, "joerg@kunde.example")) == 1  # the acknowledgement only
+    note = Message.get(Message.kind == "note")
+    assert "Kunde ist VIP" in note.text and "#notiz" not in note.text
+    assert any("Kunde ist VIP" in m.message.get_content() for m in to(smtp_sink, ELI))
+
+
 def test_command_then_answer_relays_the_answer_without_the_command(
     imap_client: ImapTestClient, smtp_sink: SmtpSink, desk_config: Config, db: pw.Database
 ) -> None:
