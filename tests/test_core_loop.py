@@ -351,3 +351,46 @@ def test_backlog_of_2000_mails(
     assert Ticket.select().count() == 2000
     assert len({t.number for t in Ticket.select()}) == 2000
     db.close()
+
+
+AUTOMATIC_SIGNALS: list[tuple[str, dict[str, str], str]] = [
+    ("auto-submitted", {"Auto-Submitted": "auto-replied"}, "ooo@customer.example"),
+    ("auto-generated", {"Auto-Submitted": "auto-generated"}, "monitor@customer.example"),
+    ("precedence bulk", {"Precedence": "bulk"}, "news@customer.example"),
+    ("precedence junk", {"Precedence": "junk"}, "junk@customer.example"),
+    ("precedence list", {"Precedence": "list"}, "list1@customer.example"),
+    ("list-id", {"List-Id": "<users.lists.example>"}, "list2@customer.example"),
+    (
+        "list-unsubscribe",
+        {"List-Unsubscribe": "<mailto:u@lists.example>"},
+        "list3@customer.example",
+    ),
+    ("x-auto-response-suppress", {"X-Auto-Response-Suppress": "All"}, "exchange@customer.example"),
+    ("null return-path", {"Return-Path": "<>"}, "bounce@customer.example"),
+    ("mailer-daemon", {}, "MAILER-DAEMON@customer.example"),
+    ("noreply", {}, "noreply@customer.example"),
+    ("our loop header", {"X-Mailtick-Loop": "support@example.com 10019"}, "loop@customer.example"),
+]
+
+
+def test_no_automatic_answer_to_automatic_mail_but_each_is_recorded(
+    dovecot: Dovecot, imap_client: ImapTestClient, smtp_sink: SmtpSink, sqlite_url: str
+) -> None:
+    for name, headers, sender in AUTOMATIC_SIGNALS:
+        imap_client.append(
+            make_mail(
+                from_addr=sender, subject=f"Signal: {name}", body="Automatic.", headers=headers
+            )
+        )
+    imap_client.append(
+        make_mail(from_addr="human@customer.example", subject="Control", body="A person writes.")
+    )
+    result = run_once(make_config(dovecot, smtp_sink, sqlite_url))
+    assert result.ingest.acked == len(AUTOMATIC_SIGNALS) + 1
+    [ack] = smtp_sink.messages  # the control mail, and only it
+    assert ack.rcpt_tos == ["human@customer.example"]
+    db = open_database(sqlite_url)
+    kinds = {m.subject: m.kind for m in Message.select().where(Message.direction == "in")}
+    assert all(kinds[f"Signal: {name}"] == "automatic" for name, _, _ in AUTOMATIC_SIGNALS)
+    assert kinds["Control"] == "customer"
+    db.close()
