@@ -16,7 +16,6 @@ import struct
 import sys
 import tempfile
 import time
-import uuid
 import zlib
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator, Sequence
@@ -34,11 +33,18 @@ from mailtick.config import Config, ImapConfig, parse_config
 from mailtick.db import Message, Outbox, Quarantine, Ticket, open_database
 from mailtick.ingest.imap import ImapConnection
 from mailtick.ingest.parse import parse
-from tests.servers import DEFAULT_PASSWORD, DEFAULT_USER, Dovecot, SmtpSink, make_mail, parse_mail
+from tests.servers import (
+    DEFAULT_PASSWORD,
+    DEFAULT_USER,
+    Dovecot,
+    SmtpSink,
+    make_mail,
+    parse_mail,
+    postgres_database,
+)
 
 T = TypeVar("T")
 
-PG_HOST, PG_PORT, PG_USER, PG_ADMIN_DATABASE = "127.0.0.1", 5432, "postgres", "test"
 SUPPORT = "Example Support <support@example.com>"
 THROUGHPUT_TARGET = 0.5  # mailtick at half the raw rate or better
 LATENCY_TARGET = 1.0  # seconds, median APPEND -> acknowledgement
@@ -883,32 +889,8 @@ def database(kind: str) -> Iterator[str]:
         with tempfile.TemporaryDirectory(prefix="mailtick-bench-") as tmp:
             yield f"sqlite:///{tmp}/mailtick.db"
     else:
-        with postgres_database() as url:
+        with postgres_database("mt_bench") as url:
             yield url
-
-
-@contextlib.contextmanager
-def postgres_database() -> Iterator[str]:
-    import psycopg2
-    from psycopg2 import sql
-
-    name = f"mt_bench_{uuid.uuid4().hex[:12]}"
-    admin = psycopg2.connect(
-        host=PG_HOST, port=PG_PORT, user=PG_USER, dbname=PG_ADMIN_DATABASE, connect_timeout=5
-    )
-    admin.autocommit = True  # CREATE/DROP DATABASE cannot run in a transaction
-    try:
-        with admin.cursor() as cur:
-            cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-        yield f"postgresql://{PG_USER}@{PG_HOST}:{PG_PORT}/{name}"
-    finally:
-        with admin.cursor() as cur:
-            cur.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
-                (name,),
-            )
-            cur.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(name)))
-        admin.close()
 
 
 class RemoteSink:

@@ -9,24 +9,14 @@ from __future__ import annotations
 
 import contextlib
 import shutil
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import psycopg2
 import pytest
-from psycopg2 import sql
 
 # tests/servers.py: pytest puts tests/ on sys.path (tests/ has no __init__.py).
-from servers import Dovecot, ImapTestClient, SmtpSink
-
-# The PostgreSQL that the dev machines and CI provide (trust auth). Each test that asks for it
-# gets its own database, created here and dropped afterwards.
-PG_HOST = "127.0.0.1"
-PG_PORT = 5432
-PG_USER = "postgres"
-PG_ADMIN_DATABASE = "test"
+from servers import Dovecot, ImapTestClient, PostgresUnreachable, SmtpSink, postgres_database
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -103,28 +93,9 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
 
 @contextlib.contextmanager
 def _fresh_postgres_database() -> Iterator[str]:
-    name = f"mt_test_{uuid.uuid4().hex[:12]}"
+    """servers.postgres_database, failing (never skipping) when PostgreSQL is not there."""
     try:
-        admin = psycopg2.connect(
-            host=PG_HOST, port=PG_PORT, user=PG_USER, dbname=PG_ADMIN_DATABASE, connect_timeout=5
-        )
-    except psycopg2.OperationalError as error:
-        pytest.fail(
-            f"PostgreSQL at {PG_USER}@{PG_HOST}:{PG_PORT}/{PG_ADMIN_DATABASE} is unreachable "
-            f"({error}). The tests need it; start it (see .ci/run).",
-            pytrace=False,
-        )
-    admin.autocommit = True  # CREATE/DROP DATABASE cannot run in a transaction
-    try:
-        with admin.cursor() as cur:
-            cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-        yield f"postgresql://{PG_USER}@{PG_HOST}:{PG_PORT}/{name}"
-    finally:
-        with admin.cursor() as cur:
-            # Connections the code under test forgot to close would block DROP DATABASE.
-            cur.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
-                (name,),
-            )
-            cur.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(name)))
-        admin.close()
+        with postgres_database() as url:
+            yield url
+    except PostgresUnreachable as error:
+        pytest.fail(str(error), pytrace=False)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -13,7 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from servers import Dovecot, SmtpSink
+from servers import Dovecot, SmtpSink, stop_process
 
 from mailtick.app import Daemon, OnceResult
 from mailtick.config import Config, parse_config
@@ -128,13 +127,7 @@ def daemon_process(config_path: Path, log_path: Path) -> Iterator[subprocess.Pop
             assert proc.poll() is None, log_path.read_text()
             yield proc
         finally:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+            stop_process(proc)
 
 
 def wait_until(condition: Callable[[], bool], timeout: float, step: float = 0.05) -> None:

@@ -35,7 +35,8 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+import uuid
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.message import EmailMessage
@@ -965,3 +966,56 @@ def make_mail(
         maintype, subtype = content_type.split("/", 1)
         msg.add_attachment(data, maintype=maintype, subtype=subtype, filename=filename)
     return msg.as_bytes(policy=email.policy.SMTP)
+
+
+# -- PostgreSQL: a throw-away database per test or benchmark run ------------------------------
+
+PG_HOST, PG_PORT, PG_USER, PG_ADMIN_DATABASE = "127.0.0.1", 5432, "postgres", "test"
+
+
+class PostgresUnreachable(RuntimeError):
+    """The PostgreSQL that tests and benchmarks need (trust auth on 127.0.0.1) is not there."""
+
+
+@contextlib.contextmanager
+def postgres_database(prefix: str = "mt_test") -> Iterator[str]:
+    """CREATE a fresh database, yield its URL, DROP it afterwards (closing what the code
+    under test forgot to close, which would block the DROP)."""
+    import psycopg2  # type: ignore[import-untyped]
+    from psycopg2 import sql
+
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    try:
+        admin = psycopg2.connect(
+            host=PG_HOST, port=PG_PORT, user=PG_USER, dbname=PG_ADMIN_DATABASE, connect_timeout=5
+        )
+    except psycopg2.OperationalError as error:
+        raise PostgresUnreachable(
+            f"PostgreSQL at {PG_USER}@{PG_HOST}:{PG_PORT}/{PG_ADMIN_DATABASE} is unreachable "
+            f"({error}). The tests need it; start it (see .ci/run)."
+        ) from error
+    admin.autocommit = True  # CREATE/DROP DATABASE cannot run in a transaction
+    try:
+        with admin.cursor() as cur:
+            cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        yield f"postgresql://{PG_USER}@{PG_HOST}:{PG_PORT}/{name}"
+    finally:
+        with admin.cursor() as cur:
+            cur.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
+                (name,),
+            )
+            cur.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(name)))
+        admin.close()
+
+
+def stop_process(proc: subprocess.Popen[Any], timeout: float = 30) -> None:
+    """SIGTERM, as systemd stops a service; SIGKILL if it has not exited within `timeout`."""
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()

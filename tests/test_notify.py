@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 from harness import REPO, settings, write_config
-from servers import Dovecot, SmtpSink
+from servers import Dovecot, SmtpSink, stop_process
 
 from mailtick.notify import Notifier, health_text, keep_alive
 
@@ -251,13 +251,7 @@ def notified_daemon(
         try:
             yield proc, systemd
         finally:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+            stop_process(proc)
 
 
 def _count(messages: list[str], line: str) -> int:
