@@ -80,6 +80,13 @@ def _parser() -> argparse.ArgumentParser:
     new.add_argument("--customer", required=True, help="the customer's mail address")
     new.add_argument("--subject", required=True, help="the ticket's subject")
     new.add_argument("--body-file", required=True, type=Path, help="what the customer said")
+    quarantine = command(
+        "quarantine", cmd_quarantine, "list, show, requeue or drop quarantined mail"
+    )
+    quarantine.add_argument("action", choices=("list", "show", "requeue", "drop"))
+    quarantine.add_argument("id", nargs="?", type=int, help="the quarantine entry (see list)")
+    quarantine.add_argument("--json", action="store_true", help="machine-readable output")
+    quarantine.add_argument("--raw", action="store_true", help="show: the mail's bytes as stored")
     drift = sub.add_parser(
         "drift", help="judge one reply for topic drift (JSON on stdin -> verdict on stdout)"
     )
@@ -261,6 +268,49 @@ def cmd_new(args: argparse.Namespace) -> int:
         print(f"mailtick new: {exc}", file=sys.stderr)
         return 1
     print(f"{config.tickets.prefix}#{recorded.ticket_number}")
+    return 0
+
+
+def cmd_quarantine(args: argparse.Namespace) -> int:
+    from mailtick import quarantine
+
+    config = _load(args)
+    db = _open_db(config)
+    if args.action == "list":
+        rows = quarantine.list_rows(db)
+        if args.json:
+            print(json.dumps(rows, indent=2, ensure_ascii=False))
+        for r in [] if args.json else rows:
+            line = f"{r['id']:>5}  {r['at']}  {r['from'][:30]:<30}  {r['subject'][:40]:<40}"
+            print(f"{line}  {r['reason']}")
+        return 0
+    if args.id is None:
+        print(
+            f"mailtick quarantine {args.action}: which entry? (see: mailtick quarantine list)",
+            file=sys.stderr,
+        )
+        return 2
+    row = quarantine.find(args.id)
+    if row is None:
+        print(f"mailtick quarantine: no entry {args.id}", file=sys.stderr)
+        return 1
+    if args.action == "show":
+        if args.raw:
+            sys.stdout.buffer.write(bytes(row.data))
+        else:
+            print(json.dumps(quarantine.describe(row), indent=2, ensure_ascii=False))
+        return 0
+    if args.action == "drop":
+        quarantine.drop(db, args.id)
+        folder = config.imap.quarantine_mailbox
+        print(f"dropped entry {args.id}; the copy in {folder} stays on the server")
+        return 0
+    try:
+        how = asyncio.run(quarantine.requeue(db, config.imap, args.id))
+    except Transient as exc:
+        print(f"mailtick quarantine requeue: {exc.reason}", file=sys.stderr)
+        return 1
+    print(f"requeued entry {args.id}: {how}")
     return 0
 
 

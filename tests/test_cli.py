@@ -132,3 +132,44 @@ def test_init_creates_the_reply_secret_once_and_new_opens_a_phone_ticket(
         str(body),
     )
     assert bad.returncode == 1 and "not a usable mail address" in bad.stderr
+
+
+def test_quarantine_list_show_requeue_and_drop(
+    dovecot: Dovecot, imap_client: ImapTestClient, smtp_sink: SmtpSink, tmp_path: Path
+) -> None:
+    small = {"max_mail_bytes": 20_000}
+    data = settings(dovecot, smtp_sink, f"sqlite:///{tmp_path}/t.db", tickets=small)
+    config = write_config(tmp_path / "c.toml", data)
+    big = make_mail(subject="Scan", attachments=[("scan.pdf", "application/pdf", b"x" * 40_000)])
+    other = make_mail(
+        subject="Second scan", attachments=[("b.pdf", "application/pdf", b"y" * 40_000)]
+    )
+    imap_client.append(big)
+    imap_client.append(other)
+    assert mailtick("run", "--once", "-c", str(config)).returncode == 0
+    assert imap_client.count("Quarantine") == 2
+
+    listed = json.loads(mailtick("quarantine", "list", "--json", "-c", str(config)).stdout)
+    assert [(r["subject"], "max_mail_bytes" in r["reason"]) for r in listed] == [
+        ("Scan", True),
+        ("Second scan", True),
+    ]
+    first, second = listed[0]["id"], listed[1]["id"]
+    raw = mailtick("quarantine", "show", str(first), "--raw", "-c", str(config))
+    assert raw.stdout == big.decode().replace("\r\n", "\n")  # as stored (text mode reads \n)
+
+    # The limit is raised; requeue puts the mail back and the next run makes a ticket of it.
+    data["tickets"]["max_mail_bytes"] = 10_000_000
+    write_config(tmp_path / "c.toml", data)
+    requeued = mailtick("quarantine", "requeue", str(first), "-c", str(config))
+    assert requeued.returncode == 0 and "moved from Quarantine back to INBOX" in requeued.stdout
+    assert imap_client.count("Quarantine") == 1 and imap_client.count("INBOX") == 1
+    assert "fetched 1" in mailtick("run", "--once", "-c", str(config)).stdout
+    shown = json.loads(mailtick("tickets", "--json", "-c", str(config)).stdout)
+    assert [t["subject"] for t in shown] == ["Scan"]
+
+    dropped = mailtick("quarantine", "drop", str(second), "-c", str(config))
+    assert dropped.returncode == 0
+    assert json.loads(mailtick("quarantine", "list", "--json", "-c", str(config)).stdout) == []
+    missing = mailtick("quarantine", "show", "999", "-c", str(config))
+    assert missing.returncode == 1 and "no entry 999" in missing.stderr

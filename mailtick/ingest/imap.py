@@ -239,14 +239,19 @@ class ImapConnection:
 
     async def uids_after(self, last_uid: int) -> list[int]:
         """UIDs above `last_uid`, ascending. ("n:*" always names the last mail; filter it.)"""
-        response = await self.command(
-            self.client.uid_search(f"UID {last_uid + 1}:*", charset=None), "UID SEARCH"
-        )
+        return [uid for uid in await self.search(f"UID {last_uid + 1}:*") if uid > last_uid]
+
+    async def search(self, *criteria: str) -> list[int]:
+        """UID SEARCH in the selected mailbox; the UIDs, ascending."""
+        response = await self.command(self.client.uid_search(*criteria, charset=None), "UID SEARCH")
         uids: list[int] = []
         for line in response.lines[:-1]:  # the last line is the tagged OK's text
             data = bytes(line).removeprefix(b"SEARCH")  # aioimaplib may strip "SEARCH"
             uids.extend(int(x) for x in data.split() if x.isdigit())
-        return sorted(uid for uid in uids if uid > last_uid)
+        return sorted(uids)
+
+    async def append(self, data: bytes, mailbox: str) -> None:
+        await self.command(self.client.append(data, mailbox=quote(mailbox)), f"APPEND {mailbox}")
 
     async def fetch(self, uids: Sequence[int]) -> list[tuple[int, bytes]]:
         response = await self.command(
