@@ -13,7 +13,7 @@ import signal
 from dataclasses import dataclass
 
 from mailtick.answers import Composer
-from mailtick.config import Config, ImapConfig
+from mailtick.config import Config, ConfigError, ImapConfig, load_config
 from mailtick.db import check_durability
 from mailtick.identify import Desk
 from mailtick.ingest.parse import warm_up
@@ -62,6 +62,7 @@ class Daemon:
         )
         self.watcher = Watcher(config.imap, self.store, self.pipeline)
         self.stop = asyncio.Event()
+        self.next_config: Config | None = None  # set by a SIGHUP with a valid config file
         self.notifier = Notifier()  # systemd Type=notify; a no-op outside systemd
 
     @staticmethod
@@ -78,12 +79,14 @@ class Daemon:
         self.parsers.close()
         await self.store.close()
 
-    async def run(self) -> None:
-        """The daemon: ingest and send until SIGTERM/SIGINT, then shut down cleanly."""
+    async def run(self) -> Config | None:
+        """The daemon: ingest and send until SIGTERM/SIGINT, then shut down cleanly.
+        Returns the new configuration when SIGHUP asked for a reload (see `serve`)."""
         await self.open()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop, sig.name)
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
         log.info(
             "mailtick started: %s@%s/%s",
             self.config.imap.username,
@@ -118,10 +121,30 @@ class Daemon:
             for task in tasks:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-            for sig in (signal.SIGTERM, signal.SIGINT):
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
             await self.close()
-            log.info("mailtick stopped")
+            log.info("mailtick stopped" if self.next_config is None else "mailtick reloading")
+        return self.next_config
+
+    def reload(self) -> None:
+        """SIGHUP: restart the stages with the config file as it is now, if it is valid;
+        an invalid file is logged, and the running configuration stays."""
+        source = self.config.source
+        if source is None:
+            log.error("SIGHUP: no config file to reload, keeping the running configuration")
+            return
+        try:
+            self.next_config = load_config(source)
+        except ConfigError as exc:
+            problems = "; ".join(exc.problems)
+            log.error(
+                "SIGHUP: %s is not valid, keeping the running configuration: %s", source, problems
+            )
+            return
+        log.info("reloading %s (SIGHUP)", source)
+        self.notifier.send("RELOADING=1")
+        self.stop.set()
 
     def request_stop(self, why: str = "request") -> None:
         log.info("stopping (%s)", why)
@@ -146,6 +169,13 @@ class Daemon:
             return OnceResult(ingest, self.sender.totals)
         finally:
             await self.close()
+
+
+async def serve(config: Config) -> None:
+    """`mailtick run`: the daemon, rebuilt from the new configuration after each SIGHUP."""
+    next_config: Config | None = config
+    while next_config is not None:
+        next_config = await Daemon(next_config).run()
 
 
 def make_desk(config: Config, composer: Composer) -> Desk | None:

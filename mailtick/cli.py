@@ -117,15 +117,15 @@ def _load(args: argparse.Namespace) -> Config:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from mailtick.app import Daemon
+    from mailtick.app import Daemon, serve
 
     config = _load(args)
 
     async def go() -> int:
-        daemon = Daemon(config)
         if not args.once:
-            await daemon.run()
+            await serve(config)
             return 0
+        daemon = Daemon(config)
         try:
             result = await daemon.run_once()
         except Transient as exc:

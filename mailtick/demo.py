@@ -787,7 +787,7 @@ class Demo:
     imap: ImapServer
     smtp: SmtpSink
     daemon: Daemon
-    daemon_task: asyncio.Task[None]
+    daemon_task: asyncio.Task[Config | None]
     wait_seconds: float = WAIT_SECONDS
     mark: int = 0  # SMTP deliveries before the current step
     written: dict[str, EmailMessage] = field(default_factory=dict)  # customer -> last mail
@@ -972,7 +972,9 @@ async def servers(printer: Printer, password: str) -> AsyncIterator[tuple[ImapSe
 
 
 @contextlib.asynccontextmanager
-async def daemon_running(config: Config) -> AsyncIterator[tuple[Daemon, asyncio.Task[None]]]:
+async def daemon_running(
+    config: Config,
+) -> AsyncIterator[tuple[Daemon, asyncio.Task[Config | None]]]:
     """`mailtick run` as a task of this event loop; stopped (and awaited) on the way out."""
     daemon = Daemon(config)
     task = asyncio.create_task(daemon.run(), name="mailtick-daemon")
@@ -984,7 +986,7 @@ async def daemon_running(config: Config) -> AsyncIterator[tuple[Daemon, asyncio.
         raise DemoFailed(f"the daemon failed: {crash!r}")
 
 
-async def stop_daemon(daemon: Daemon, task: asyncio.Task[None]) -> BaseException | None:
+async def stop_daemon(daemon: Daemon, task: asyncio.Task[Config | None]) -> BaseException | None:
     """Ask the daemon to stop and wait for it; what it died of, if anything."""
     daemon.request_stop("demo over")
     done, _ = await asyncio.wait([task], timeout=STOP_SECONDS)

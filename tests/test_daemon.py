@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -81,3 +82,27 @@ def test_mail_arriving_during_a_catch_up_is_not_left_until_the_idle_timeout(
         smtp_sink.wait_for(301, timeout=20)  # not after the 600 s IDLE timeout
     subjects = [m.message["Subject"] for m in smtp_sink.messages]
     assert any(s.endswith("Late arrival") for s in subjects)
+
+
+def test_sighup_reloads_a_valid_config_and_keeps_the_old_one_otherwise(
+    dovecot: Dovecot, imap_client: ImapTestClient, smtp_sink: SmtpSink, tmp_path: Path
+) -> None:
+    data = settings(dovecot, smtp_sink, f"sqlite:///{tmp_path}/t.db")
+    path = write_config(tmp_path / "config.toml", data)
+    log = tmp_path / "daemon.log"
+    with daemon_process(path, log) as proc:
+        _append_and_time_ack(imap_client, smtp_sink, 1)
+        data["smtp"]["from_address"] = "Renamed Support <support@example.com>"
+        write_config(path, data)
+        proc.send_signal(signal.SIGHUP)
+        wait_until(lambda: log.read_text().count("IMAP connected") == 2, 20)
+        _append_and_time_ack(imap_client, smtp_sink, 2)
+        assert smtp_sink.messages[-1].message["From"].addresses[0].display_name == "Renamed Support"
+
+        path.write_text('[imap]\nport = "abc"\n')  # broken: the running config must stay
+        proc.send_signal(signal.SIGHUP)
+        wait_until(lambda: "keeping the running configuration" in log.read_text(), 10)
+        _append_and_time_ack(imap_client, smtp_sink, 3)
+        assert proc.poll() is None
+    assert proc.returncode == 0
+    assert 'imap.port: expected an integer, got "abc"' in log.read_text()
