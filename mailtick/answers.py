@@ -25,7 +25,7 @@ import jinja2
 
 from mailtick.ingest.classify import LOOP_HEADER
 from mailtick.mail import Attachment
-from mailtick.threading.subject import normalise, tag
+from mailtick.threading.subject import tag, with_tag
 
 LANGUAGES = ("de", "en")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -94,7 +94,7 @@ class Composer:
 
     def _envelope(self, reply: Reply, body: str, language: str) -> OutgoingMail:
         message_id = make_msgid(idstring=f"{self.prefix}{reply.number}", domain=self.sender.domain)
-        subject = f"{tag(self.prefix, reply.number)} {normalise(reply.title, self.prefix)}"
+        subject = with_tag(reply.title, self.prefix, reply.number)
         from_name = self.sender.display_name if reply.from_name is None else reply.from_name
         headers: list[tuple[str, str | Header]] = [
             ("From", address_header(self.sender.addr_spec, from_name)),

@@ -38,6 +38,7 @@ from mailtick.outcomes import Ignored
 from mailtick.threading.resolve import Decision, Lookup, resolve
 from mailtick.threading.subject import normalise
 from mailtick.topics import TopicOutcome, check_reply
+from mailtick.views import age
 
 
 @dataclass(frozen=True)
@@ -414,7 +415,7 @@ def notify_agents(
             status=ticket.status,
             priority=ticket.priority,
             owner=ticket.owner or "",
-            age=_age(ticket.created_at, now),
+            age=age(ticket.created_at, now),
             messages=count,
             attachments=names,
             text=split_reply(text).visible.strip() or "(no text)",
@@ -440,8 +441,3 @@ def tell_owner(
             "stranger", reply, stranger=mail.from_addr, new_tag=f"[{settings.prefix}#{new.number}]"
         )
         queue_mail(named, out, "stranger", now)
-
-
-def _age(created: datetime, now: datetime) -> str:
-    hours = max(0, int((now - created).total_seconds() // 3600))
-    return f"{hours // 24} d" if hours >= 48 else f"{hours} h"

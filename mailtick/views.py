@@ -15,8 +15,9 @@ def _iso(value: datetime | None) -> str | None:
     return value.isoformat(timespec="seconds") + "Z" if value else None
 
 
-def _age(created: datetime) -> str:
-    seconds = int((utcnow() - created).total_seconds())
+def age(created: datetime, now: datetime | None = None) -> str:
+    """How long ago, shortest form: "45s", "12m", "3h", "2d"."""
+    seconds = max(0, int(((now or utcnow()) - created).total_seconds()))
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
         if seconds >= size:
             return f"{seconds // size}{unit}"
@@ -34,7 +35,7 @@ def ticket_summary(ticket: Ticket, messages: int) -> dict[str, Any]:
         "created_at": _iso(ticket.created_at),
         "updated_at": _iso(ticket.updated_at),
         "closed_at": _iso(ticket.closed_at),
-        "age": _age(ticket.created_at),
+        "age": age(ticket.created_at),
         "messages": messages,
         "linked_to": ticket.linked_to.number if ticket.linked_to_id else None,
         "owner": ticket.owner,
