@@ -53,6 +53,7 @@ class ImapConfig:
     quarantine_mailbox: str = "Quarantine"
     batch_size: int = 50  # UIDs per FETCH and per MOVE: keeps every server answer bounded
     parse_workers: int = 1  # processes parsing batches beside the database thread; 0: none
+    parse_timeout: float = 60.0  # seconds a worker may parse one batch before it counts as failed
     idle: bool = True  # use IDLE when the server offers it
     idle_timeout: float = 300.0  # seconds before IDLE is renewed (RFC 2177: under 29 min)
     poll_interval: float = 30.0  # seconds between polls when IDLE is off or unavailable
@@ -94,6 +95,21 @@ class TicketsConfig:
 
 
 @dataclass(frozen=True)
+class QuarantineConfig:
+    directory: Path = Path("/var/lib/mailtick/quarantine")  # raw bytes, one file per mail
+    max_attempts: int = 3  # poison cap: a mail whose processing failed this often is set aside
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    """Send caps: they bound what two robots (an autoresponder and us) can send each other."""
+
+    acks_per_subject: int = 1  # acknowledgements per sender and day for the same subject
+    ticket_burst: int = 10  # mails per ticket and recipient within 10 minutes
+    daily_per_address: int = 50  # mails per customer address and day
+
+
+@dataclass(frozen=True)
 class DriftConfig:
     action: Literal["warn", "split", "off"] = "warn"  # what a reply on a new topic causes
     threshold: float = 0.6  # score from which a reply counts as a new topic
@@ -125,6 +141,8 @@ class Config:
     agents: tuple[AgentConfig, ...] = ()
     security: SecurityConfig = SecurityConfig()
     drift: DriftConfig = DriftConfig()
+    quarantine: QuarantineConfig = QuarantineConfig()
+    limits: LimitsConfig = LimitsConfig()
     log_level: str = "INFO"
     source: Path | None = None  # the file it came from
 
@@ -624,6 +642,12 @@ def _finish_smtp(values: Values, raw: Mapping[str, object], where: str, ctx: _Co
     _check_order(values, where, ctx, "retry_min", "retry_max")
 
 
+def _finish_quarantine(
+    values: Values, raw: Mapping[str, object], where: str, ctx: _Context
+) -> None:
+    values["directory"] = Path(values["directory"])  # the default is given as text
+
+
 # --- the table --------------------------------------------------------------------------------
 
 SECURITY = choice("tls", "starttls", "none")
@@ -664,6 +688,7 @@ IMAP = Section(
         "quarantine_mailbox": Key(text(), "Quarantine"),
         "batch_size": Key(integer(1, 500), 50),
         "parse_workers": Key(integer(0, 64), 1),
+        "parse_timeout": Key(SECONDS, 60.0),
         "idle": Key(boolean, True),
         "idle_timeout": Key(number(10, 1680), 300.0),
         "poll_interval": Key(SECONDS, 30.0),
@@ -713,6 +738,22 @@ SCHEMA = Section(
         ),
         "log": Section(
             keys={"level": Key(LOG_LEVEL, "INFO")},
+        ),
+        "quarantine": Section(
+            make=QuarantineConfig,
+            finish=_finish_quarantine,
+            keys={
+                "directory": Key(path, "/var/lib/mailtick/quarantine"),
+                "max_attempts": Key(integer(1, 100), 3),
+            },
+        ),
+        "limits": Section(
+            make=LimitsConfig,
+            keys={
+                "acks_per_subject": Key(integer(1), 1),
+                "ticket_burst": Key(integer(1), 10),
+                "daily_per_address": Key(integer(1), 50),
+            },
         ),
         "drift": Section(
             make=DriftConfig,
@@ -842,6 +883,8 @@ def parse_config(
         agents=parts["agents"],
         security=parts["security"],
         drift=parts["drift"],
+        quarantine=parts["quarantine"],
+        limits=parts["limits"],
         log_level=parts["log"]["level"],
         source=Path(os.path.abspath(source)) if source is not None else None,
     )

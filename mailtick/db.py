@@ -15,6 +15,8 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import peewee as pw
+from playhouse.migrate import SchemaMigrator
+from playhouse.migrate import migrate as migrate_steps
 
 from mailtick.outcomes import Transient
 
@@ -138,7 +140,8 @@ class Outbox(Row):
     message_id: int
     mail_from = pw.CharField(max_length=320)
     rcpt_to = pw.TextField()  # comma-separated addr-specs
-    status = pw.CharField(max_length=10, default="pending", index=True)  # pending|sent|failed
+    # pending | sent | failed | held (a send cap or a bouncing address stopped it) | bounced
+    status = pw.CharField(max_length=10, default="pending", index=True)
     attempts = pw.IntegerField(default=0)
     next_attempt_at = pw.DateTimeField(default=utcnow, index=True)
     claimed_until = pw.DateTimeField(null=True)  # a sender's lease; guards several instances
@@ -146,6 +149,12 @@ class Outbox(Row):
     last_error = pw.TextField(default="")
     created_at = pw.DateTimeField(default=utcnow)
     sent_at = pw.DateTimeField(null=True)
+    # since schema 2: what the send caps count (see caps.py)
+    kind = pw.CharField(max_length=20, default="")  # the message's kind: ack, relay, ...
+    subject_key = pw.TextField(default="")  # the subject without tags and Re:/AW: prefixes
+
+    class Meta:
+        indexes = ((("rcpt_to", "created_at"), False),)
 
 
 class Event(Row):
@@ -165,8 +174,38 @@ class Quarantine(Row):
     uid = pw.BigIntegerField()
     message_id = pw.CharField(max_length=255, default="")
     reason = pw.TextField()
-    data = pw.BlobField()  # the mail exactly as received or sent
+    data = pw.BlobField()  # schema 1 kept the bytes here; since schema 2 they are in `path`
     at = pw.DateTimeField(default=utcnow)
+    # since schema 2
+    path = pw.TextField(default="")  # the raw bytes' file under quarantine.directory
+    size = pw.BigIntegerField(default=0)  # the mail's size on the server (RFC822.SIZE)
+
+
+class Attempt(Row):
+    """A mail whose processing began and has not ended (poison cap): counted before each
+    try and deleted with its outcome, so a mail that crashes the daemon again and again is
+    quarantined after `quarantine.max_attempts` tries instead of looping forever."""
+
+    mailbox = pw.CharField(max_length=255)
+    uidvalidity = pw.BigIntegerField()
+    uid = pw.BigIntegerField()
+    count = pw.IntegerField(default=0)
+    last_error = pw.TextField(default="")
+    first_at = pw.DateTimeField(default=utcnow)
+    last_at = pw.DateTimeField(default=utcnow)
+
+    class Meta:
+        indexes = ((("mailbox", "uidvalidity", "uid"), True),)
+
+
+class Address(BaseModel):
+    """What we know about a correspondent's address: whether our mail to it bounces."""
+
+    address = pw.CharField(primary_key=True, max_length=320)
+    bouncing = pw.BooleanField(default=False)
+    bounces = pw.IntegerField(default=0)
+    last_bounce_at = pw.DateTimeField(null=True)
+    last_bounce = pw.TextField(default="")  # the DSN's Status and Diagnostic-Code
 
 
 MODELS: tuple[type[BaseModel], ...] = (
@@ -181,16 +220,29 @@ MODELS: tuple[type[BaseModel], ...] = (
     Outbox,
     Event,
     Quarantine,
+    Attempt,
+    Address,
 )
 
 
-def _v1(db: pw.Database) -> None:
-    db.create_tables(MODELS)
-    Counter.create(name="ticket", value=0)
+def _v2(db: pw.Database) -> None:
+    """Send caps, bounces, the poison cap and quarantine files."""
+    migrator = SchemaMigrator.from_database(db)
+    migrate_steps(
+        migrator.add_column("outbox", "kind", pw.CharField(max_length=20, default="")),
+        migrator.add_column("outbox", "subject_key", pw.TextField(default="")),
+        migrator.add_index("outbox", ("rcpt_to", "created_at"), False),
+        migrator.add_column("quarantine", "path", pw.TextField(default="")),
+        migrator.add_column("quarantine", "size", pw.BigIntegerField(default=0)),
+    )
+    db.create_tables((Attempt, Address))
 
 
-# Schema upgrades: (version reached, step). Append, never edit a released step.
-MIGRATIONS: tuple[tuple[int, Callable[[pw.Database], None]], ...] = ((1, _v1),)
+# Schema upgrades of an existing database: (version reached, step). Append, never edit
+# a released step. A new database gets every table as the models define them now, and
+# the last version.
+MIGRATIONS: tuple[tuple[int, Callable[[pw.Database], None]], ...] = ((2, _v2),)
+LATEST = MIGRATIONS[-1][0]
 
 
 def open_database(url: str) -> pw.Database:
@@ -237,10 +289,13 @@ def migrate(db: pw.Database) -> int:
         if isinstance(db, pw.PostgresqlDatabase):
             # one migrator at a time
             db.execute_sql("SELECT pg_advisory_xact_lock(7263541)")  # type: ignore[no-untyped-call]
-        current = 0
-        if db.table_exists("schemaversion"):
-            row = SchemaVersion.select(pw.fn.MAX(SchemaVersion.version)).scalar()
-            current = int(row or 0)
+        if not db.table_exists("schemaversion"):
+            db.create_tables(MODELS)
+            Counter.create(name="ticket", value=0)
+            SchemaVersion.create(version=LATEST)
+            return LATEST
+        row = SchemaVersion.select(pw.fn.MAX(SchemaVersion.version)).scalar()
+        current = int(row or 0)
         for version, step in MIGRATIONS:
             if version > current:
                 step(db)

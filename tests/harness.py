@@ -47,6 +47,7 @@ def settings(
             "retry_max": 1,
         },
         "database": {"url": db_url},
+        "quarantine": {"directory": str(dovecot.root / "mailtick-quarantine")},
     }
     for name, values in sections.items():
         if isinstance(values, list):  # an array of tables: [[agents]]
