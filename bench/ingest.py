@@ -29,10 +29,12 @@ from typing import Any, TypeVar
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root: tests.servers
 
 from mailtick.app import Daemon, OnceResult
-from mailtick.config import Config, ImapConfig, parse_config
+from mailtick.caps import subject_key
+from mailtick.config import Config, ImapConfig, LimitsConfig, TicketsConfig, parse_config
 from mailtick.db import Message, Outbox, Quarantine, Ticket, open_database
 from mailtick.ingest.imap import ImapConnection
 from mailtick.ingest.parse import parse
+from mailtick.threading.subject import with_tag
 from tests.servers import (
     DEFAULT_PASSWORD,
     DEFAULT_USER,
@@ -417,21 +419,26 @@ ATTACHMENT_TYPES = {"pdf": "application/pdf", "png": "image/png"}
 
 # kind -> share of the corpus; replies and auto-replies thread into earlier generated mail
 KIND_WEIGHTS = {
-    "new": 50,  # a new customer request: its own ticket and an acknowledgement
+    "new": 50,  # a new customer request: its own ticket and an acknowledgement (maybe held)
     "reply": 22,  # In-Reply-To (+ References) names an earlier generated mail
     "reply-refs": 10,  # References only
     "auto-reply": 8,  # out-of-office to our (unknown) ack; References holds the customer's mail
     "auto-reply-loose": 4,  # out-of-office without any known reference: its own ticket, no ack
-    "bounce": 6,  # multipart/report from MAILER-DAEMON: its own ticket, no ack
+    "bounce": 6,  # multipart/report from MAILER-DAEMON about no mail of ours: ignored
 }
-THREAD_RULE = {
+THREAD_RULE = {  # how each stored kind joins its ticket (Message.thread_rule)
     "new": "new",
     "reply": "in-reply-to",
     "reply-refs": "references",
     "auto-reply": "references",
     "auto-reply-loose": "new",
-    "bounce": "new",
 }
+# Kinds mailtick ignores: moved to Processed, never stored, no ticket. A bounce names the
+# Message-ID of the mail it returns, and mailtick only records reports about its own sent
+# mail (bounces.py). The acknowledgements' Message-IDs are made by mailtick at run time, so
+# a corpus built ahead cannot bounce a real one: its bounces are backscatter (an invented
+# .MT@example.com Message-ID), which mailtick must ignore.
+IGNORED_KINDS = frozenset({"bounce"})
 HTML_ONLY_SHARE = 0.05
 ATTACHMENT_SHARE = {"new": 0.10, "reply": 0.06, "reply-refs": 0.06}
 GERMAN_SHARE = 0.55
@@ -476,10 +483,21 @@ class BenchMail:
     html_only: bool = False
     attachment: str = ""  # "pdf" | "png" | ""
     attachment_bytes: int = 0
+    sender: str = ""  # the customer's address (customer mail only)
+    subject: str = ""
 
     @property
     def acknowledged(self) -> bool:
+        """mailtick queues an acknowledgement for it (sent, or held by the send caps)."""
         return self.kind == "new"
+
+    @property
+    def stored(self) -> bool:
+        return self.kind not in IGNORED_KINDS
+
+    @property
+    def opens_ticket(self) -> bool:
+        return self.root is None and self.stored
 
 
 def _ascii(text: str) -> str:
@@ -648,7 +666,10 @@ class CorpusBuilder:
             **threading,
         )
         root = threading.get("root")
-        return BenchMail(kind, mid, raw, root, customer.language, html_only, attachment, len(data))
+        lang = customer.language
+        return BenchMail(
+            kind, mid, raw, root, lang, html_only, attachment, len(data), customer.address, subject
+        )
 
     def new_request(self, kind: str) -> BenchMail:
         customer = self.rng.choice(self.customers)
@@ -852,12 +873,45 @@ def bounce_mail(
 @dataclass(frozen=True)
 class Expected:
     tickets: int
-    acks: set[str]  # Message-IDs our acknowledgements must answer (In-Reply-To)
+    stored: set[str]  # Message-IDs of the incoming mail mailtick stores (not the ignored)
+    acks: set[str]  # Message-IDs our sent acknowledgements must answer (In-Reply-To)
+    held: set[str]  # Message-IDs whose acknowledgement the send caps hold (same subject)
 
 
-def expected(corpus: Sequence[BenchMail]) -> Expected:
-    tickets = sum(1 for mail in corpus if mail.root is None)
-    return Expected(tickets, {mail.message_id for mail in corpus if mail.acknowledged})
+def ack_key(mail: BenchMail, prefix: str = TicketsConfig.prefix) -> tuple[str, str]:
+    """What the same-subject cap (mailtick.caps) compares: recipient, subject of the ack."""
+    return mail.sender.lower(), subject_key(with_tag(mail.subject, prefix, "1"), prefix)
+
+
+def expected(
+    corpus: Sequence[BenchMail], per_subject: int = LimitsConfig.acks_per_subject
+) -> Expected:
+    """The outcome, from the corpus. Acknowledgements: the send caps let `per_subject` of
+    them go to a customer per subject and day (the whole run is within a day); the
+    later ones, in corpus (= UID) order, are stored and held."""
+    tickets = sum(1 for mail in corpus if mail.opens_ticket)
+    stored = {mail.message_id for mail in corpus if mail.stored}
+    acks: set[str] = set()
+    held: set[str] = set()
+    counts: Counter[tuple[str, str]] = Counter()
+    for mail in (m for m in corpus if m.acknowledged):
+        key = ack_key(mail)
+        counts[key] += 1
+        (acks if counts[key] <= per_subject else held).add(mail.message_id)
+    return Expected(tickets, stored, acks, held)
+
+
+def fresh_probes(builder: CorpusBuilder, corpus: Sequence[BenchMail], n: int) -> list[BenchMail]:
+    """`n` new requests for the latency samples whose acknowledgement is not held: no
+    customer and subject already in the corpus or an earlier probe."""
+    used = {ack_key(mail) for mail in corpus if mail.acknowledged}
+    probes: list[BenchMail] = []
+    while len(probes) < n:
+        mail = builder.one("new")
+        if ack_key(mail) not in used:
+            used.add(ack_key(mail))
+            probes.append(mail)
+    return probes
 
 
 def describe_corpus(corpus: Sequence[BenchMail]) -> list[str]:
@@ -871,7 +925,8 @@ def describe_corpus(corpus: Sequence[BenchMail]) -> list[str]:
         f"{len(corpus)} mails, {size / 1e6:.1f} MB (avg {size / len(corpus) / 1e3:.1f} KB)",
         f"new requests {kinds['new']} | replies {kinds['reply']} In-Reply-To, "
         f"{kinds['reply-refs']} References-only | auto-replies {kinds['auto-reply']} threaded, "
-        f"{kinds['auto-reply-loose']} unthreaded | bounces {kinds['bounce']}",
+        f"{kinds['auto-reply-loose']} unthreaded | bounces {kinds['bounce']} "
+        "(of no mail of ours: ignored)",
         f"German {langs['de']}, English {langs['en']} | HTML-only {html} | attachments "
         f"{sum(files.values())} (PDF {files['pdf']}, PNG {files['png']}, {attached:.1f} MB)",
     ]
@@ -950,11 +1005,13 @@ def make_config(dovecot: Dovecot, sink: SmtpSink | RemoteSink, db_url: str) -> C
 
 def setup_logging(path: str) -> None:
     """mailtick logs at INFO as `mailtick run` does, into `path`; its warnings also to stderr.
-    mail-parser's warnings (one per text/rfc822-headers part of a bounce) go to `path` only."""
+    mail-parser's warnings (one per text/rfc822-headers part of a bounce) and the send caps'
+    "held ack" warnings (expected, counted by the checks) go to `path` only."""
     to_file = logging.FileHandler(path)
     to_file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     to_stderr = logging.StreamHandler(sys.stderr)
     to_stderr.setLevel(logging.WARNING)
+    to_stderr.addFilter(lambda record: not str(record.msg).startswith("held %s"))
     for name, handlers in (("mailtick", (to_file, to_stderr)), ("mailparser", (to_file,))):
         logger = logging.getLogger(name)
         logger.setLevel(logging.INFO)
@@ -1130,6 +1187,9 @@ def is_drift_warning(mail: EmailMessage) -> bool:
 
 def check_sink(delivered: Sequence[EmailMessage], want: Expected) -> list[str]:
     acks = [m for m in delivered if str(m["In-Reply-To"] or "").strip() in want.acks]
+    leaked = sum(1 for m in delivered if str(m["In-Reply-To"] or "").strip() in want.held)
+    if leaked:
+        return [f"sink got {leaked} acknowledgements the send caps should have held"]
     others = [m for m in delivered if m not in acks]
     if not all(is_drift_warning(m) for m in others):
         return [f"{len(others)} mails at the sink are neither acknowledgements nor drift warnings"]
@@ -1145,7 +1205,10 @@ def check_sink(delivered: Sequence[EmailMessage], want: Expected) -> list[str]:
     return problems
 
 
-def check_database(url: str, corpus: Sequence[BenchMail], want: Expected) -> list[str]:
+def check_database(
+    url: str, corpus: Sequence[BenchMail], want: Expected
+) -> tuple[list[str], Counter[str]]:
+    """Problems, and the acknowledgements' outbox rows by status."""
     db = open_database(url)
     try:
         tickets = Ticket.select().count()
@@ -1153,34 +1216,45 @@ def check_database(url: str, corpus: Sequence[BenchMail], want: Expected) -> lis
             Message.direction == "in"
         )
         stored = {row.message_id: (int(row.ticket_id), str(row.thread_rule)) for row in rows}
-        sent = (
-            Outbox.select()
-            .join(Message)
-            .where((Outbox.status == "sent") & (Message.kind == "ack"))
-            .count()
-        )
+        query = Outbox.select(Outbox.status, Message.ticket).join(Message)
+        acks = [
+            (str(row.status), int(row.message.ticket_id))
+            for row in query.where(Message.kind == "ack")
+        ]
         quarantined = Quarantine.select().count()
     finally:
         db.close()
+    statuses = Counter(status for status, _ in acks)
+    held_on = sorted(ticket for status, ticket in acks if status == "held")
     problems = []
     if tickets != want.tickets:
         problems.append(f"{tickets} tickets, expected {want.tickets}")
-    if sent != len(want.acks) or quarantined:
+    if statuses != Counter(sent=len(want.acks), held=len(want.held)) or quarantined:
+        found = ", ".join(f"{n} {status}" for status, n in sorted(statuses.items()))
         problems.append(
-            f"outbox sent {sent} acknowledgements (expected {len(want.acks)}), "
-            f"quarantined {quarantined}"
+            f"acknowledgements in the outbox: {found or 'none'} (expected {len(want.acks)} "
+            f"sent, {len(want.held)} held), quarantined {quarantined}"
         )
-    return problems + check_threads(stored, corpus)
+    elif held_on != sorted(stored[mid][0] for mid in want.held if mid in stored):
+        problems.append("held acknowledgements on the wrong tickets")
+    return problems + check_threads(stored, corpus, want), statuses
 
 
-def check_threads(stored: dict[str, tuple[int, str]], corpus: Sequence[BenchMail]) -> list[str]:
-    if len(stored) != len(corpus) or any(mail.message_id not in stored for mail in corpus):
-        return [f"{len(stored)} incoming messages stored, expected {len(corpus)}"]
+def check_threads(
+    stored: dict[str, tuple[int, str]], corpus: Sequence[BenchMail], want: Expected
+) -> list[str]:
+    if set(stored) != want.stored:
+        ignored = sum(1 for m in corpus if not m.stored and m.message_id in stored)
+        return [
+            f"{len(stored)} incoming messages stored, expected {len(want.stored)} "
+            f"({ignored} of them should have been ignored)"
+        ]
+    kept = [m for m in corpus if m.stored]
     wrong_ticket = sum(
-        1 for m in corpus if stored[m.message_id][0] != stored[m.root or m.message_id][0]
+        1 for m in kept if stored[m.message_id][0] != stored[m.root or m.message_id][0]
     )
-    wrong_rule = sum(1 for m in corpus if stored[m.message_id][1] != THREAD_RULE[m.kind])
-    owners = [stored[m.message_id][0] for m in corpus if m.root is None]
+    wrong_rule = sum(1 for m in kept if stored[m.message_id][1] != THREAD_RULE[m.kind])
+    owners = [stored[m.message_id][0] for m in kept if m.opens_ticket]
     problems = []
     if wrong_ticket or wrong_rule:
         problems.append(f"threading: {wrong_ticket} on a wrong ticket, {wrong_rule} by wrong rule")
@@ -1200,6 +1274,7 @@ class RunResult:
     mailtick: Timed
     once: OnceResult
     load_seconds: float
+    acks: Counter[str] = field(default_factory=Counter)  # outbox rows of acks by status
     problems: list[str] = field(default_factory=list)
     latencies: list[float | None] = field(default_factory=list)
     pushes: list[float | None] = field(default_factory=list)  # raw IDLE push, same samples
@@ -1236,7 +1311,8 @@ def one_run(
         result = RunResult(raw, timed, once, load)
         result.problems += check_mailboxes(dovecot, corpus)
         result.problems += check_sink(acks, want)
-        result.problems += check_database(url, corpus, want)
+        problems, result.acks = check_database(url, corpus, want)
+        result.problems += problems
         with SmtpSink() as sink:  # in-process, so the latency probe sees each ack at once
             config = make_config(dovecot, sink, url)
             if probes and not result.problems:
@@ -1265,6 +1341,10 @@ def print_run(number: int, total: int, run: RunResult) -> None:
         f"                      fetched {once.ingest.fetched}, acked {once.ingest.acked}, "
         f"quarantined {once.ingest.quarantined}, retry {once.ingest.retry}; "
         f"sent {once.send.sent}, deferred {once.send.deferred}, failed {once.send.failed}"
+    )
+    print(
+        f"                      acknowledgements sent {run.acks['sent']}, "
+        f"held {run.acks['held']} (same customer and subject)"
     )
     print(f"  checks              {'; '.join(run.problems) if run.problems else 'OK'}")
     if run.latencies:
@@ -1323,6 +1403,8 @@ def print_summary(runs: Sequence[RunResult], wall: float) -> None:
         print(
             f"              of which Dovecot's IDLE push alone (raw client): {floor * 1e3:.0f} ms"
         )
+    held = median(r.acks["held"] for r in runs)
+    print(f"  held acks   {held:g} per run (send cap: same customer, subject and day)")
     failed = [r for r in runs if r.problems]
     print(f"  checks      {'FAILED in ' + str(len(failed)) + ' run(s)' if failed else 'all OK'}")
     print(f"  wall time   {wall:.1f} s")
@@ -1354,7 +1436,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     start = time.perf_counter()
     builder = CorpusBuilder(args.seed)
     corpus = builder.build(args.n)
-    probes = [builder.one("new") for _ in range(args.latency_samples * args.repeat)]
+    probes = fresh_probes(builder, corpus, args.latency_samples * args.repeat)
     want = expected(corpus)
     print(
         f"mailtick ingest benchmark: N={args.n}, db={args.db}, seed={args.seed}, "
@@ -1363,7 +1445,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"corpus      generated in {time.perf_counter() - start:.1f} s")
     for line in describe_corpus(corpus):
         print(f"            {line}")
-    print(f"expected    {want.tickets} tickets, {len(want.acks)} acknowledgements")
+    ignored = len(corpus) - len(want.stored)
+    print(
+        f"expected    {want.tickets} tickets, {len(want.acks)} acknowledgements sent, "
+        f"{len(want.held)} held (same customer and subject), {ignored} mails ignored"
+    )
     parse(corpus[0].raw)  # warm-up: language model and imports, paid by neither side below
     runs = []
     for number in range(args.repeat):

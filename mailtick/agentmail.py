@@ -5,21 +5,25 @@ identity was verified (identify.py): a valid reply token of this agent AND the
 agent's From. The reply is stripped of the quoted notification and the agent's
 signature; command lines at its top are parsed first, and when any of them is
 wrong, nothing is executed or relayed and the agent gets an error mail instead.
+An agent's automatic mail (a vacation notice answering a notification) is kept on
+the ticket and does nothing else: no relay, no commands, no mail to anyone.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 from email.parser import BytesHeaderParser
 
-from mailtick.answers import Composer, Reply
+from mailtick.answers import Composer, OutgoingMail, Reply
+from mailtick.caps import auto_reply_subject
 from mailtick.commands import Command, parse_commands
 from mailtick.commands import help_text as command_help
 from mailtick.config import AgentConfig
-from mailtick.db import Event, Message, Participant, Ticket, Wish, bound, insert_row
+from mailtick.db import Event, Message, Participant, Ticket, Wish, bound, execute, insert_row
 from mailtick.identify import Desk
+from mailtick.ingest.classify import Disposition
 from mailtick.ingest.quotes import split_reply
 from mailtick.mail import ParsedMail, RawMail
 from mailtick.outcomes import Rejected
@@ -33,6 +37,7 @@ _MSGID = re.compile(r"<[^<>\s]+>")
 def record_agent_mail(
     raw: RawMail | None,
     mail: ParsedMail,
+    disposition: Disposition,
     agent: AgentConfig,
     token: ReplyToken,
     settings: RecordSettings,
@@ -43,6 +48,9 @@ def record_agent_mail(
     assert desk is not None
     ticket = _target(token.ticket)
     parsed = parse_commands(split_reply(mail.text).visible, [a.name for a in desk.agents])
+    automatic = _automatic(mail, disposition) or _repeated(ticket, mail, parsed.body, now)
+    if automatic:
+        return _record_automatic(raw, mail, agent, ticket, automatic, parsed.body, now)
     note = token.kind == "n" or any(c.name == "note" for c in parsed.commands)
     kind = "agent-error" if parsed.errors else ("note" if note else "agent")
     store_incoming(
@@ -69,6 +77,62 @@ def record_agent_mail(
     acting.ticket.updated_at = now
     acting.ticket.save()
     return acting.recorded("reply-token")
+
+
+def _automatic(mail: ParsedMail, disposition: Disposition) -> str:
+    """Why an agent's mail is not the agent speaking ("" when it is): classify found it
+    automatic, or its subject starts the way autoresponders start theirs."""
+    if disposition.automatic:
+        return disposition.reason
+    return "auto-reply subject" if auto_reply_subject(mail.subject) else ""
+
+
+_SAME_TEXT = (
+    "SELECT 1 FROM message WHERE ticket_id = {p} AND direction = 'in' AND author_addr = {p}"
+    " AND kind IN ('agent', 'automatic') AND text = {p} AND created_at >= {p}"
+)
+
+
+def _repeated(ticket: Ticket, mail: ParsedMail, body: str, now: datetime) -> str:
+    """A naive autoresponder sends the same text every time: the same answer from the same
+    agent on the same ticket within a day is not relayed again ("" when it is new)."""
+    if not body.strip():
+        return ""
+    since = Message.created_at.db_value(now - timedelta(days=1))  # type: ignore[no-untyped-call]
+    found = execute(bound(), _SAME_TEXT, ticket.id, mail.from_addr, body, since).fetchone()
+    return "the same text as its earlier mail on this ticket" if found else ""
+
+
+def _record_automatic(
+    raw: RawMail | None,
+    mail: ParsedMail,
+    agent: AgentConfig,
+    ticket: Ticket,
+    reason: str,
+    body: str,
+    now: datetime,
+) -> Recorded:
+    """An agent's autoresponder answered one of our mails (a vacation notice to a
+    notification's Reply-To): kept on the ticket, but no relay, no commands, no mail."""
+    store_incoming(
+        ticket,
+        raw,
+        mail,
+        now,
+        kind="automatic",
+        rule="reply-token",
+        detail=f"agent {agent.name}, automatic ({reason}): not relayed",
+        author_name=agent.display_name or agent.name,
+        text=body,
+    )
+    Event.create(
+        ticket=ticket,
+        at=now,
+        kind="not-relayed",
+        detail=f"automatic mail of {agent.name}: {reason}",
+    )
+    rule = f"reply-token: automatic ({reason}), not relayed"
+    return Recorded(str(ticket.number), False, rule, False, False, agent=agent.name)
 
 
 def _target(number: str) -> Ticket:
@@ -114,9 +178,12 @@ class Acting:
             in_reply_to=self.mail.message_id,
             references=self.mail.references,
         )
-        queue_mail(
-            self.ticket, self.composer.compose(template, reply, **context), template, self.now
-        )
+        out = self.composer.compose(template, reply, **context)
+        self.queue(out, template.replace("_", "-"))
+
+    def queue(self, out: OutgoingMail, kind: str) -> None:
+        settings = self.settings
+        queue_mail(self.ticket, out, kind, self.now, limits=settings.limits, prefix=settings.prefix)
 
     def command_error(self, errors: list[str]) -> None:
         help_text = command_help(self.settings.agent_language)
@@ -152,7 +219,7 @@ class Acting:
             auto_submitted="no",
         )
         out = self.composer.compose("relay", reply, agent_text=text.strip(), agent_name=display)
-        queue_mail(self.ticket, out, "relay", self.now)
+        self.queue(out, "relay")
         self.ticket.status = "answered"
         self.ticket.owner = self.agent.name  # the recurring contact person (seed 000)
         self.relayed = True
@@ -207,7 +274,7 @@ class Acting:
         new = split_off(
             self.ticket, last, self.now, f"agent {self.agent.name}", self.composer.prefix
         )
-        tell_customer(self.ticket, new, self.composer, self.now)
+        tell_customer(self.ticket, new, self.composer, self.now, self.settings.limits)
 
 
 def _last_customer_message(ticket: Ticket) -> Message | None:

@@ -7,9 +7,9 @@ Nothing else constructs long-lived objects. `Daemon.run` is `mailtick run`;
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import signal
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from mailtick.answers import Composer
@@ -17,16 +17,27 @@ from mailtick.config import Config, ConfigError, ImapConfig, load_config
 from mailtick.db import check_durability
 from mailtick.identify import Desk
 from mailtick.ingest.parse import warm_up
-from mailtick.ingest.watch import Counts, Watcher
-from mailtick.ingest.workers import ParsePool
+from mailtick.ingest.watch import Counts, Handler, Watcher
+from mailtick.ingest.workers import Parsed, ParsePool
+from mailtick.mail import RawMail
 from mailtick.notify import Notifier, keep_alive
-from mailtick.pipeline import Pipeline
+from mailtick.pipeline import Action, Pipeline
 from mailtick.security import TokenSigner
 from mailtick.send import SendCounts, Sender
 from mailtick.store import Store
 from mailtick.tickets import RecordSettings
 
 log = logging.getLogger("mailtick")
+
+# After SIGTERM the stages get STOP_GRACE seconds to finish the mail in hand (the batch
+# being recorded is committed and moved, a mail being sent is marked sent). What still
+# runs then waits on a server that hangs: it is cancelled, which is as safe as a crash
+# (the mail stays on the server, the refetch is deduplicated). A cancelled stage gets
+# CANCEL_WAIT seconds to end (its `finally` may say LOGOUT or QUIT), twice, and is then
+# left behind. So the daemon is gone within about 10 s, well inside systemd's
+# TimeoutStopSec (90 s by default), whatever the IMAP and SMTP timeouts are.
+STOP_GRACE = 5.0
+CANCEL_WAIT = 2.0
 
 
 @dataclass(frozen=True)
@@ -43,7 +54,9 @@ class Daemon:
             config.smtp.from_address, config.tickets.prefix, config.tickets.default_language
         )
         self.sender = Sender(config.smtp, self.store)
-        self.parsers = ParsePool(config.imap.parse_workers, config.tickets.default_language)
+        self.parsers = ParsePool(
+            config.imap.parse_workers, config.tickets.default_language, config.imap.parse_timeout
+        )
         self.pipeline = Pipeline(
             store=self.store,
             composer=self.composer,
@@ -54,13 +67,18 @@ class Daemon:
                 agent_language=config.tickets.default_language,
                 drift_action=config.drift.action,
                 drift_threshold=config.drift.threshold,
+                limits=config.limits,
             ),
             max_bytes=config.tickets.max_mail_bytes,
             default_language=config.tickets.default_language,
             outbox_changed=self.sender.notify,
             parsers=self.parsers,
+            quarantine_dir=config.quarantine.directory,
+            max_attempts=config.quarantine.max_attempts,
         )
-        self.watcher = Watcher(config.imap, self.store, self.pipeline)
+        self.watcher = Watcher(
+            config.imap, self.store, self.pipeline, config.tickets.max_mail_bytes
+        )
         self.stop = asyncio.Event()
         self.next_config: Config | None = None  # set by a SIGHUP with a valid config file
         self.notifier = Notifier()  # systemd Type=notify; a no-op outside systemd
@@ -81,12 +99,27 @@ class Daemon:
 
     async def run(self) -> Config | None:
         """The daemon: ingest and send until SIGTERM/SIGINT, then shut down cleanly.
-        Returns the new configuration when SIGHUP asked for a reload (see `serve`)."""
-        await self.open()
+        Returns the new configuration when SIGHUP asked for a reload (see `serve`).
+        The signals are handled from the first moment: a SIGTERM during start-up (schema,
+        language model) is a clean stop too, not a kill."""
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop, sig.name)
         loop.add_signal_handler(signal.SIGHUP, self.reload)
+        try:
+            await self.open()
+            await self._stages()
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                loop.remove_signal_handler(sig)
+            await self.close()
+            log.info("mailtick stopped" if self.next_config is None else "mailtick reloading")
+        return self.next_config
+
+    async def _stages(self) -> None:
+        """Ingest and send until a stop is requested; raise when a stage dies (exit non-zero
+        so that systemd restarts us) or failed while stopping."""
+        self.watcher.handle = StopAfterBatch(self.pipeline, self.stop)
         log.info(
             "mailtick started: %s@%s/%s",
             self.config.imap.username,
@@ -102,7 +135,13 @@ class Daemon:
         imap, grace = self.config.imap, watchdog_grace(self.config.imap)
         self.notifier.ready(f"started: {imap.username} at {imap.host}, mailbox {imap.mailbox}")
         keeper = asyncio.create_task(
-            keep_alive(self.notifier, self.watcher.connected, self.stop, grace=grace),
+            keep_alive(
+                self.notifier,
+                self.watcher.connected,
+                self.stop,
+                grace=grace,
+                note=self.pipeline.status_note,
+            ),
             name="systemd",
         )
         try:
@@ -112,20 +151,13 @@ class Daemon:
                 for task in done:
                     task.result()
                 raise RuntimeError("a stage ended unexpectedly")
-            await asyncio.wait(tasks, timeout=30)
         finally:
             stopper.cancel()
             keeper.cancel()
-            for task in tasks:
-                task.cancel()
-            for task in tasks:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-                loop.remove_signal_handler(sig)
-            await self.close()
-            log.info("mailtick stopped" if self.next_config is None else "mailtick reloading")
-        return self.next_config
+            await wind_down(tasks)
+        for task in tasks:
+            if task.done() and not task.cancelled() and (error := task.exception()) is not None:
+                raise error
 
     def reload(self) -> None:
         """SIGHUP: restart the stages with the config file as it is now, if it is valid;
@@ -176,6 +208,55 @@ async def serve(config: Config) -> None:
     next_config: Config | None = config
     while next_config is not None:
         next_config = await Daemon(next_config).run()
+
+
+class StopAfterBatch:
+    """The pipeline as the watcher of `mailtick run` sees it: once a stop is requested,
+    the batch being recorded is finished (committed, then moved and the cursor saved by
+    the watcher), and every mail fetched after that stays on the server for the next
+    start (Action.RETRY, before its try is counted). So a SIGTERM during the catch-up
+    of a long backlog ends it within one batch, not after the whole backlog."""
+
+    def __init__(self, pipeline: Handler, stop: asyncio.Event) -> None:
+        self.pipeline = pipeline
+        self.stop = stop
+
+    async def prepare(self, raws: Sequence[RawMail]) -> list[Parsed] | None:
+        if self.stop.is_set():
+            return None  # not parsed: `commit` leaves them on the server
+        return await self.pipeline.prepare(raws)
+
+    async def commit(self, raws: Sequence[RawMail], parsed: list[Parsed] | None) -> list[Action]:
+        if not self.stop.is_set():
+            return await self.pipeline.commit(raws, parsed)
+        if raws:
+            log.info(
+                "stopping: %d fetched mails (UID %d-%d of %s) stay on the server for next time",
+                len(raws),
+                raws[0].uid,
+                raws[-1].uid,
+                raws[0].mailbox,
+            )
+        return [Action.RETRY] * len(raws)
+
+
+async def wind_down(tasks: Sequence[asyncio.Task[None]], grace: float = STOP_GRACE) -> None:
+    """The stages were told to stop: give them `grace` seconds to finish the mail in hand,
+    then cancel what still runs (see STOP_GRACE). No wait here is unbounded."""
+    running = {task for task in tasks if not task.done()}
+    if running:
+        _, running = await asyncio.wait(running, timeout=grace)
+    for _ in range(2):  # a cancelled stage may await again in a `finally`: cancel that too
+        if not running:
+            return
+        names = ", ".join(sorted(task.get_name() for task in running))
+        log.warning("stopping: cancelling %s (still busy after %gs)", names, grace)
+        for task in running:
+            task.cancel()
+        _, running = await asyncio.wait(running, timeout=CANCEL_WAIT)
+    if running:
+        names = ", ".join(sorted(task.get_name() for task in running))
+        log.error("stopping: %s did not end when cancelled; exiting without it", names)
 
 
 def make_desk(config: Config, composer: Composer) -> Desk | None:

@@ -209,6 +209,11 @@ def render_ticket(t: dict[str, Any], prefix: str) -> str:
         lines.append(f"  follows {prefix}#{t['linked_to']}")
     if t["links"]:
         lines.append("  continued in " + ", ".join(f"{prefix}#{n}" for n in t["links"]))
+    for b in t.get("bouncing", []):
+        lines.append(
+            f"  !! mail to {b['address']} bounces: {b['bounces']} bounce(s), "
+            f"last {b['last_bounce_at']}: {b['last_bounce']}"
+        )
     for e in t["events"]:
         lines.append(f"  {e['at']}  [{e['kind']}] {e['detail']}")
     for m in t["thread"]:
@@ -234,7 +239,11 @@ def render_ticket(t: dict[str, Any], prefix: str) -> str:
         if "delivery" in m:
             d = m["delivery"]
             to = ", ".join(d["to"])
-            outcome = f"{d['status']} after {d['attempts']} attempt(s) {d['last_error']}"
+            outcome = (
+                str(d["last_error"])  # "held: ticket-burst, ...": never tried
+                if d["status"] == "held"
+                else f"{d['status']} after {d['attempts']} attempt(s) {d['last_error']}"
+            )
             lines.append(f"     to {to}: {outcome}".rstrip())
         body = [ln for ln in m["text"].strip().splitlines()[:8]]
         lines.extend(f"     | {ln}" for ln in body)
@@ -296,7 +305,7 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
         return 1
     if args.action == "show":
         if args.raw:
-            sys.stdout.buffer.write(bytes(row.data))
+            sys.stdout.buffer.write(quarantine.stored_bytes(row))
         else:
             print(json.dumps(quarantine.describe(row), indent=2, ensure_ascii=False))
         return 0

@@ -14,10 +14,20 @@ class RawMail:
     uidvalidity: int
     uid: int
     data: bytes
+    server_size: int = 0  # RFC822.SIZE; above tickets.max_mail_bytes only the header is fetched
 
     @property
     def where(self) -> str:
         return f"{self.mailbox}/{self.uidvalidity}/{self.uid}"
+
+    @property
+    def size(self) -> int:
+        return self.server_size or len(self.data)
+
+    @property
+    def complete(self) -> bool:
+        """False when only the header was fetched (the mail is too big to download)."""
+        return len(self.data) >= self.size
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ import contextlib
 import logging
 import os
 import socket
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 log = logging.getLogger("mailtick.notify")
 
@@ -117,6 +117,7 @@ async def keep_alive(
     *,
     grace: float,
     tick: float = STATUS_TICK,
+    note: Callable[[], str] = lambda: "",
 ) -> None:
     """STATUS= on each change and WATCHDOG=1 while healthy, until `stop` is set.
 
@@ -125,6 +126,7 @@ async def keep_alive(
     nothing, and neither does a daemon that has been without its mailbox for
     longer than `grace`: either way systemd's WatchdogSec= runs out and
     systemd restarts the service. A shorter outage only changes the STATUS=.
+    `note` adds to the line what the sysadmin should look at (quarantined mail).
     """
     if not notifier.enabled:
         await stop.wait()
@@ -138,7 +140,9 @@ async def keep_alive(
         if up:
             last_up, ever_up = now, True
         healthy = now - last_up < grace
-        text = health_text(up, ever_up, healthy, grace)
+        text = "; ".join(
+            part for part in (health_text(up, ever_up, healthy, grace), note()) if part
+        )
         if text != shown:
             notifier.status(text)
             shown = text

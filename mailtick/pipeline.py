@@ -9,26 +9,39 @@ A batch is parsed first, then committed in ONE database transaction in which eac
 mail has its own savepoint: a mail's ticket, message, attachments and outbox rows are
 stored together or not at all, and one fsync covers the batch. Nothing is moved on
 the server before that commit. Touches the database through the Store.
+
+The poison cap: before a mail is handled, its try is counted in the `attempt` table
+and committed; the count is deleted in the transaction that records the mail's
+outcome. A count left over therefore means the try failed (its parse timed out or
+killed the parser, or the daemon died with the mail in hand). Such a suspect is
+handled alone, never in a batch, so it cannot take other mails down with it, and
+after `quarantine.max_attempts` failed tries it is quarantined without another try.
+A try that failed for a reason not the mail's (the database went away) is not
+counted.
 """
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
+from email.parser import BytesHeaderParser
+from pathlib import Path
 
 import peewee as pw
 
 from mailtick.answers import Composer
-from mailtick.db import Message, is_connection_error, write_transaction
+from mailtick.db import Attempt, Message, is_connection_error, utcnow, write_transaction
 from mailtick.ingest.classify import classify
 from mailtick.ingest.workers import Parsed, ParsePool, parse_many
 from mailtick.mail import ParsedMail, RawMail
 from mailtick.outcomes import Ignored, Rejected, Transient
 from mailtick.quarantine import add_quarantine
 from mailtick.store import Store
-from mailtick.tickets import RecordSettings, record_mail
+from mailtick.tickets import Recorded, RecordSettings, record_mail
 
 log = logging.getLogger("mailtick.ingest")
 
@@ -37,6 +50,10 @@ class Action(enum.Enum):
     ACK = "ack"
     QUARANTINE = "quarantine"
     RETRY = "retry"
+
+
+class FailedTry(Transient):
+    """This mail's try failed for a reason that may be the mail's: counted (poison cap)."""
 
 
 @dataclass(frozen=True)
@@ -57,48 +74,147 @@ class Pipeline:
     default_language: str
     outbox_changed: Callable[[], None]  # wakes the sender after a commit that queued mail
     parsers: ParsePool
+    quarantine_dir: Path
+    max_attempts: int = 3  # the poison cap
+    quarantined: int = 0  # since start, for systemd's STATUS= line
+
+    def status_note(self) -> str:
+        """For `systemctl status`: quarantined mail needs the sysadmin's eyes."""
+        if not self.quarantined:
+            return ""
+        return f"{self.quarantined} mail(s) quarantined since start: mailtick quarantine list"
 
     async def prepare(self, raws: Sequence[RawMail]) -> list[Parsed] | None:
-        """Parse a big batch in the worker processes (None: `commit` parses inline)."""
+        """Parse a batch in the worker processes (None: no workers, `commit` parses inline).
+        A mail too big to download is not parsed: `commit` quarantines it."""
         if not self.parsers.wanted(len(raws)):
             return None
-        try:
-            return await self.parsers.parse([raw.data for raw in raws])
-        except Transient as exc:
-            log.warning("parsing inline: %s", exc.reason)
-            return None
+        whole = [raw for raw in raws if raw.complete]
+        results = iter(await self.parsers.parse([raw.data for raw in whole]) if whole else [])
+        return [next(results) if raw.complete else _too_big(raw, self.max_bytes) for raw in raws]
 
     async def process(self, raws: Sequence[RawMail]) -> list[Action]:
         """Handle one batch; returns one Action per mail, in order."""
         return await self.commit(raws, await self.prepare(raws))
 
     async def commit(self, raws: Sequence[RawMail], parsed: list[Parsed] | None) -> list[Action]:
-        """Record a batch (parsed by `prepare`, or here); one Action per mail, in order."""
+        """Record a batch (parsed by `prepare`, or here); one Action per mail, in order.
+        Mails that failed before are recorded one at a time (see the poison cap)."""
         try:
-            verdicts = await self.store.run(self._ingest, list(raws), parsed)
+            tries = await self.store.run(count_tries, self.store.db, list(raws), first=True)
         except Transient as exc:
-            for raw in raws:
-                log.warning("retry later %s: %s", raw.where, exc.reason)
-            return [Action.RETRY] * len(raws)
-        for raw, verdict in zip(raws, verdicts, strict=True):
-            level = logging.ERROR if verdict.action is Action.QUARANTINE else logging.INFO
+            return self._retry_all(raws, exc)
+        batch = [n for n, raw in enumerate(raws) if raw.uid not in tries]
+        suspects = [n for n, raw in enumerate(raws) if raw.uid in tries]
+        verdicts: dict[int, Verdict] = {}
+        for group in ([batch] if batch else []) + [[n] for n in suspects]:
+            group_raws = [raws[n] for n in group]
+            group_parsed = None if parsed is None else [parsed[n] for n in group]
+            try:
+                if group is not batch:
+                    tries.update(await self.store.run(count_tries, self.store.db, group_raws))
+                done = await self.store.run(self._ingest, group_raws, group_parsed, tries)
+            except Transient as exc:
+                await self._not_their_fault(group_raws)
+                return self._finish(raws, verdicts, exc)
+            verdicts.update(zip(group, done, strict=True))
+        return self._finish(raws, verdicts, None)
+
+    def _finish(
+        self, raws: Sequence[RawMail], verdicts: dict[int, Verdict], failure: Transient | None
+    ) -> list[Action]:
+        """Log one line per mail and return the actions; mails without a verdict retry."""
+        actions: list[Action] = []
+        for n, raw in enumerate(raws):
+            verdict = verdicts.get(n)
+            if verdict is None:
+                reason = failure.reason if failure is not None else "not handled"
+                verdict = Verdict(Action.RETRY, "-", "retry later", reason)
+            levels = {Action.QUARANTINE: logging.ERROR, Action.RETRY: logging.WARNING}
             log.log(
-                level, "%s %s %s %s", verdict.outcome, raw.where, verdict.message_id, verdict.detail
+                levels.get(verdict.action, logging.INFO),
+                "%s %s %s %s",
+                verdict.outcome,
+                raw.where,
+                verdict.message_id,
+                verdict.detail,
             )
-        if any(v.queued_mail for v in verdicts):
+            actions.append(verdict.action)
+            self.quarantined += verdict.action is Action.QUARANTINE
+        if any(v.queued_mail for v in verdicts.values()):
             self.outbox_changed()
-        return [v.action for v in verdicts]
+        return actions
+
+    def _retry_all(self, raws: Sequence[RawMail], exc: Transient) -> list[Action]:
+        return self._finish(raws, {}, exc)
+
+    async def _not_their_fault(self, raws: list[RawMail]) -> None:
+        """The database failed, not the mails: take back the tries just counted."""
+        # When the database is still away, at worst a try too many is counted.
+        with contextlib.suppress(Transient):
+            await self.store.run(uncount_tries, self.store.db, raws)
 
     # -- on the store's thread ---------------------------------------------------------
 
-    def _ingest(self, raws: list[RawMail], parsed: list[Parsed] | None) -> list[Verdict]:
+    def _ingest(
+        self, raws: list[RawMail], parsed: list[Parsed] | None, tries: dict[int, Attempt]
+    ) -> list[Verdict]:
         db = self.store.db
         known = _recorded_uids(raws)
         if parsed is None:
-            parsed = parse_many([raw.data for raw in raws], self.default_language)
-        mails = [None if raw.uid in known else mail for raw, mail in zip(raws, parsed, strict=True)]
+            parsed = [
+                parse_many([raw.data], self.default_language)[0]
+                if raw.complete
+                else _too_big(raw, self.max_bytes)
+                for raw in raws
+            ]
         with write_transaction(db):
-            return [self._commit_one(db, raw, mail) for raw, mail in zip(raws, mails, strict=True)]
+            verdicts = [
+                self._judge(db, raw, None if raw.uid in known else mail, tries.get(raw.uid))
+                for raw, mail in zip(raws, parsed, strict=True)
+            ]
+            ended = [
+                raw.uid
+                for raw, v in zip(raws, verdicts, strict=True)
+                if v.action is not Action.RETRY
+            ]
+            end_tries(raws, ended)
+        return verdicts
+
+    def _judge(
+        self, db: pw.Database, raw: RawMail, mail: Parsed | None, attempt: Attempt | None
+    ) -> Verdict:
+        """The poison cap first, then the mail's own outcome."""
+        failed = int(attempt.count) - 1 if attempt is not None else 0  # tries before this one
+        if failed >= self.max_attempts:
+            why = (
+                attempt.last_error
+                if attempt is not None and attempt.last_error
+                else ("the daemon stopped while handling it")
+            )
+            return _quarantined(
+                db,
+                raw,
+                _header_message_id(raw),
+                f"poison: {failed} tries failed ({why})",
+                self.quarantine_dir,
+            )
+        if isinstance(mail, Transient):
+            return self._failed_try(db, raw, failed + 1, mail.reason)
+        try:
+            return self._commit_one(db, raw, mail)
+        except FailedTry as exc:
+            return self._failed_try(db, raw, failed + 1, exc.reason)
+
+    def _failed_try(self, db: pw.Database, raw: RawMail, tries: int, reason: str) -> Verdict:
+        """This try failed: retry later, or quarantine once `max_attempts` tries failed."""
+        message_id = _header_message_id(raw)
+        if tries >= self.max_attempts:
+            why = f"poison: {tries} tries failed ({reason})"
+            return _quarantined(db, raw, message_id, why, self.quarantine_dir)
+        note_failure(raw, reason)
+        detail = f"{reason} (try {tries} of {self.max_attempts})"
+        return Verdict(Action.RETRY, message_id, "retry later", detail)
 
     def _commit_one(
         self, db: pw.Database, raw: RawMail, mail: ParsedMail | Rejected | None
@@ -106,7 +222,7 @@ class Pipeline:
         if mail is None:
             return Verdict(Action.ACK, "-", "ignored", "already recorded (refetch)")
         if isinstance(mail, Rejected):
-            return _quarantined(db, raw, "-", mail.reason)
+            return _quarantined(db, raw, _header_message_id(raw), mail.reason, self.quarantine_dir)
         try:
             disposition = classify(mail, self.max_bytes)
             with db.atomic():  # a savepoint: this mail's rows, or none of them
@@ -114,7 +230,7 @@ class Pipeline:
         except Ignored as exc:
             return Verdict(Action.ACK, mail.message_id, "ignored", exc.reason)
         except Rejected as exc:
-            return _quarantined(db, raw, mail.message_id, exc.reason)
+            return _quarantined(db, raw, mail.message_id, exc.reason, self.quarantine_dir)
         except pw.IntegrityError:  # another process stored the same Message-ID first
             return Verdict(
                 Action.ACK, mail.message_id, "ignored", "duplicate Message-ID (concurrent)"
@@ -123,7 +239,7 @@ class Pipeline:
             if is_connection_error(exc):
                 raise  # the whole batch is retried
             log.exception("internal error on %s %s", raw.where, mail.message_id)
-            return _quarantined(db, raw, mail.message_id, f"internal error: {exc!r}")
+            raise FailedTry(f"internal error: {exc!r}") from exc
         detail = f"-> {self.settings.prefix}#{recorded.ticket_number} ({recorded.rule})"
         if recorded.reopened:
             detail += " reopened"
@@ -134,10 +250,17 @@ class Pipeline:
         return Verdict(
             Action.ACK,
             mail.message_id,
-            "new ticket" if recorded.new_ticket else "threaded",
+            _verb(recorded),
             detail,
             queued_mail=recorded.queued_mail,
         )
+
+
+def _verb(recorded: Recorded) -> str:
+    """The log line's first word for a recorded mail."""
+    if recorded.new_ticket:
+        return "new ticket"
+    return "bounce" if recorded.rule.startswith("bounce") else "threaded"
 
 
 def _recorded_uids(raws: list[RawMail]) -> set[int]:
@@ -153,7 +276,99 @@ def _recorded_uids(raws: list[RawMail]) -> set[int]:
     return {row.uid for row in query if row.uid is not None}
 
 
-def _quarantined(db: pw.Database, raw: RawMail, message_id: str, reason: str) -> Verdict:
-    with db.atomic():
-        add_quarantine(raw, message_id, reason)
-    return Verdict(Action.QUARANTINE, message_id, "quarantined", reason)
+def _quarantined(
+    db: pw.Database, raw: RawMail, message_id: str, reason: str, directory: Path
+) -> Verdict:
+    try:
+        with db.atomic():
+            number = add_quarantine(raw, message_id, reason, directory)
+    except OSError as exc:  # the bytes could not be kept: the mail stays where it is
+        note_failure(raw, f"cannot keep it in quarantine: {exc}")
+        return Verdict(Action.RETRY, message_id, "retry later", f"{reason}; not quarantined: {exc}")
+    detail = f"{reason} [mailtick quarantine show {number}]"
+    return Verdict(Action.QUARANTINE, message_id, "quarantined", detail)
+
+
+def _too_big(raw: RawMail, max_bytes: int) -> Rejected:
+    return Rejected(
+        f"too big: {raw.size} bytes, tickets.max_mail_bytes is {max_bytes}; only the header"
+        " was downloaded (raise the limit, then `mailtick quarantine requeue`)"
+    )
+
+
+def _header_message_id(raw: RawMail) -> str:
+    """The Message-ID from the header alone (for a mail that was not parsed)."""
+    value = BytesHeaderParser().parsebytes(raw.data[:65536]).get("Message-ID", "")
+    return " ".join(str(value).split())[:250] or "-"
+
+
+# -- the poison cap's counts (on the store's thread) --------------------------------------
+
+STALE_TRIES = timedelta(days=30)
+
+
+def _where(raws: Sequence[RawMail], uids: Sequence[int]) -> pw.Expression:
+    first = raws[0]
+    return (
+        (Attempt.mailbox == first.mailbox)
+        & (Attempt.uidvalidity == first.uidvalidity)
+        & Attempt.uid.in_(list(uids))
+    )
+
+
+def count_tries(db: pw.Database, raws: list[RawMail], first: bool = False) -> dict[int, Attempt]:
+    """Count a try for each mail and commit it before the try begins. With `first`, only
+    mails never tried before are counted, and the earlier tries of the others are
+    returned (uid -> Attempt): those are the suspects, counted one by one later."""
+    now = utcnow()
+    with write_transaction(db):
+        known = {int(a.uid): a for a in Attempt.select().where(_where(raws, [r.uid for r in raws]))}
+        if first:
+            # A try left by a mail that vanished from the server (moved by hand) is old news.
+            Attempt.delete().where(Attempt.last_at < now - STALE_TRIES).execute()
+            fresh = [raw for raw in raws if raw.uid not in known]
+            rows = [
+                {
+                    "mailbox": r.mailbox,
+                    "uidvalidity": r.uidvalidity,
+                    "uid": r.uid,
+                    "count": 1,
+                    "first_at": now,
+                    "last_at": now,
+                }
+                for r in fresh
+            ]
+            if rows:
+                Attempt.insert_many(rows).execute()
+            return known
+        for raw in raws:
+            if raw.uid in known:
+                Attempt.update(count=Attempt.count + 1, last_at=now).where(
+                    _where([raw], [raw.uid])
+                ).execute()
+            else:
+                Attempt.create(
+                    mailbox=raw.mailbox,
+                    uidvalidity=raw.uidvalidity,
+                    uid=raw.uid,
+                    count=1,
+                    first_at=now,
+                    last_at=now,
+                )
+        return {int(a.uid): a for a in Attempt.select().where(_where(raws, [r.uid for r in raws]))}
+
+
+def uncount_tries(db: pw.Database, raws: list[RawMail]) -> None:
+    with write_transaction(db):
+        Attempt.update(count=Attempt.count - 1).where(_where(raws, [r.uid for r in raws])).execute()
+        Attempt.delete().where(_where(raws, [r.uid for r in raws]) & (Attempt.count <= 0)).execute()
+
+
+def end_tries(raws: list[RawMail], uids: list[int]) -> None:
+    """The mails' outcome is recorded: forget their tries (inside that transaction)."""
+    if uids:
+        Attempt.delete().where(_where(raws, uids)).execute()
+
+
+def note_failure(raw: RawMail, reason: str) -> None:
+    Attempt.update(last_error=reason[:500]).where(_where([raw], [raw.uid])).execute()

@@ -9,6 +9,7 @@ waits for this stage.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import os
@@ -159,6 +160,17 @@ def _gone(token: str) -> bool:
     return False
 
 
+def release_mine(db: pw.Database) -> int:
+    """Free this process's leases (a clean stop): another instance may send them at once."""
+    mine = f"{_HOST}:{os.getpid()}:{_START}:%"
+    release = (
+        "UPDATE outbox SET claimed_until = NULL, claim_token = NULL"
+        " WHERE status = 'pending' AND claim_token LIKE {p}"
+    )
+    with write_transaction(db):
+        return int(execute(db, release, mine).rowcount)
+
+
 def release_orphans(db: pw.Database) -> int:
     """Free the leases that crashed senders on this host left behind."""
     held = (
@@ -217,6 +229,13 @@ class Sender:
                 log.warning("freed %d outbox rows leased by a sender that died", freed)
         except Transient as exc:
             log.warning("outbox unavailable: %s", exc.reason)
+        try:
+            await self._loop(stop)
+        finally:  # also when cancelled at the end of the stop grace
+            with contextlib.suppress(Transient):
+                await self.store.sending.run(release_mine, self.store.db)
+
+    async def _loop(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
             self.wake.clear()
             try:

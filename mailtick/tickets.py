@@ -8,14 +8,15 @@ the outbox. It runs on the store's worker thread.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
 import peewee as pw
 
 from mailtick.answers import Composer, OutgoingMail, Reply, usable_address
-from mailtick.config import AgentConfig
+from mailtick.caps import Sending, held_reason, log_held, subject_key
+from mailtick.config import AgentConfig, LimitsConfig
 from mailtick.db import (
     Attachment,
     Event,
@@ -60,6 +61,7 @@ class RecordSettings:
     agent_language: str = "en"  # language of the mails to agents
     drift_action: str = "warn"  # [drift] action: warn | split | off
     drift_threshold: float = 0.6
+    limits: LimitsConfig = field(default_factory=LimitsConfig)  # [limits]: send caps, caps.py
 
 
 def record(
@@ -93,18 +95,23 @@ def record_mail(
     if lookup.ticket_of(mail.message_id) is not None:
         raise Ignored(f"duplicate Message-ID {mail.message_id}")
     now = utcnow()
+    from mailtick.bounces import before_record  # it builds on this module
+
+    if (report := before_record(raw, mail, disposition, now)) is not None:
+        return report  # a delivery report of our mail: never a ticket of its own
     identity = settings.desk.identify(mail) if settings.desk else Identity(None, None)
     if identity.agent is not None and identity.token is not None:
         from mailtick.agentmail import record_agent_mail  # it builds on this module
 
-        return record_agent_mail(raw, mail, identity.agent, identity.token, settings, composer, now)
+        agent, token = identity.agent, identity.token
+        return record_agent_mail(raw, mail, disposition, agent, token, settings, composer, now)
     decision = participants_only(resolve(lookup, settings.reopen_days), mail, settings.desk)
     ticket, topic = _store_customer_mail(
         raw, mail, disposition, decision, settings, composer, now, identity.warning
     )
     acknowledged = decision.ticket is None and not disposition.automatic
     if acknowledged:
-        acknowledged = _acknowledge(ticket, mail, composer, now)
+        acknowledged = _acknowledge(ticket, mail, settings, composer, now)
     if settings.desk is not None and not disposition.automatic:
         notify_agents(ticket, mail, settings, composer, now, identity.warning, topic)
         if decision.outsider_of is not None:
@@ -146,14 +153,17 @@ def _store_customer_mail(
     return topic.ticket, topic
 
 
-def _acknowledge(ticket: Ticket, mail: ParsedMail, composer: Composer, now: datetime) -> bool:
+def _acknowledge(
+    ticket: Ticket, mail: ParsedMail, settings: RecordSettings, composer: Composer, now: datetime
+) -> bool:
     """Queue the acknowledgement of a new ticket; False when the sender cannot get one."""
     if not usable_address(mail.from_addr):
         Event.create(
             ticket=ticket, at=now, kind="not-acknowledged", detail="unusable sender address"
         )
         return False
-    queue_mail(ticket, composer.acknowledgement(reply_to(ticket, mail)), "ack", now)
+    out = composer.acknowledgement(reply_to(ticket, mail))
+    queue_mail(ticket, out, "ack", now, limits=settings.limits, prefix=settings.prefix)
     return True
 
 
@@ -304,9 +314,27 @@ def drift_note(topic: TopicOutcome | None) -> str:
     return f"possible new topic (score {topic.verdict.score:.2f}, {what}): {reasons}"
 
 
-def queue_mail(ticket: Ticket, out: OutgoingMail, kind: str, now: datetime, about: str = "") -> int:
+def queue_mail(
+    ticket: Ticket,
+    out: OutgoingMail,
+    kind: str,
+    now: datetime,
+    *,
+    limits: LimitsConfig,
+    prefix: str,
+    about: str = "",
+) -> int:
     """Store an outgoing mail on its ticket and queue it; call inside the caller's transaction.
-    Returns the outbox row's id."""
+    A mail the send caps stop (caps.py) is stored all the same, held with its reason, and
+    the ticket gets a "held" event. Returns the outbox row's id."""
+    sending = Sending(
+        kind=kind,
+        rcpt=",".join(out.rcpt_to),
+        ticket_id=int(ticket.id),
+        ticket_tag=f"{prefix}#{ticket.number}",
+        subject_key=subject_key(out.subject, prefix),
+    )
+    held = held_reason(bound(), sending, limits, now)
     message_id = insert_row(
         bound(),
         Message,
@@ -323,15 +351,23 @@ def queue_mail(ticket: Ticket, out: OutgoingMail, kind: str, now: datetime, abou
         thread_detail=about,
         created_at=now,
     )
-    return insert_row(
+    row = insert_row(
         bound(),
         Outbox,
         message=message_id,
         mail_from=out.mail_from,
-        rcpt_to=",".join(out.rcpt_to),
+        rcpt_to=sending.rcpt,
         created_at=now,
         next_attempt_at=now,
+        kind=kind,
+        subject_key=sending.subject_key,
+        status="held" if held else "pending",
+        last_error=f"held: {held}" if held else "",
     )
+    if held:
+        Event.create(ticket=ticket, at=now, kind="held", detail=f"{kind} to {sending.rcpt}: {held}")
+        log_held(sending, held, out.message_id)
+    return row
 
 
 # -- agents: who may write into a ticket, who is told --------------------------------------
@@ -421,7 +457,7 @@ def notify_agents(
             text=split_reply(text).visible.strip() or "(no text)",
             note_address=desk.token_address("n", str(ticket.number), agent.name),
         )
-        queue_mail(ticket, out, "notification", now)
+        queue_mail(ticket, out, "notification", now, limits=settings.limits, prefix=settings.prefix)
 
 
 def tell_owner(
@@ -440,4 +476,4 @@ def tell_owner(
         out = composer.compose(
             "stranger", reply, stranger=mail.from_addr, new_tag=f"[{settings.prefix}#{new.number}]"
         )
-        queue_mail(named, out, "stranger", now)
+        queue_mail(named, out, "stranger", now, limits=settings.limits, prefix=settings.prefix)

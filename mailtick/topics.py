@@ -20,6 +20,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 from mailtick.answers import Composer, Reply
+from mailtick.config import LimitsConfig
 from mailtick.db import Event, Message, Ticket, bound, execute
 from mailtick.ingest.quotes import split_reply
 from mailtick.mail import ParsedMail
@@ -61,7 +62,7 @@ def check_reply(
     if warned is not None and NEW_WORD.match(visible):
         new = split_off(ticket, warned, now, "the customer (NEU/NEW)", composer.prefix)
         Message.update(ticket=new).where(Message.id == message.id).execute()
-        tell_customer(ticket, new, composer, now)
+        tell_customer(ticket, new, composer, now, settings.limits)
         return TopicOutcome(new, None, "split-on-request", text=str(warned.text))
     if settings.drift_action == "off":
         return TopicOutcome(ticket, None, "none")
@@ -76,10 +77,10 @@ def check_reply(
     action = settings.drift_action if verdict.new_topic else "none"
     _record(message, verdict, action)
     if action == "warn":
-        _warn(ticket, message, mail, composer, now)
+        _warn(ticket, message, mail, composer, now, settings.limits)
     elif action == "split":
         new = split_off(ticket, message, now, "topic drift", composer.prefix)
-        tell_customer(ticket, new, composer, now)
+        tell_customer(ticket, new, composer, now, settings.limits)
         return TopicOutcome(new, verdict, action)
     return TopicOutcome(ticket, verdict, action)
 
@@ -118,12 +119,20 @@ def _warning_answered(mail: ParsedMail) -> Message | None:
 
 
 def _warn(
-    ticket: Ticket, message: Message, mail: ParsedMail, composer: Composer, now: datetime
+    ticket: Ticket,
+    message: Message,
+    mail: ParsedMail,
+    composer: Composer,
+    now: datetime,
+    limits: LimitsConfig,
 ) -> None:
     from mailtick.tickets import queue_mail, reply_to  # tickets builds on this module
 
     out = composer.compose("drift_warning", reply_to(ticket, mail))
-    queue_mail(ticket, out, "drift-warning", now, about=str(message.message_id))
+    about = str(message.message_id)
+    queue_mail(
+        ticket, out, "drift-warning", now, limits=limits, prefix=composer.prefix, about=about
+    )
     Event.create(ticket=ticket, at=now, kind="drift", detail=f"warned about {message.message_id}")
 
 
@@ -162,7 +171,9 @@ def _title(ticket: Ticket, message: Message, prefix: str) -> str:
     return (first[:77] + "...") if len(first) > 80 else first or str(ticket.subject)
 
 
-def tell_customer(old: Ticket, new: Ticket, composer: Composer, now: datetime) -> None:
+def tell_customer(
+    old: Ticket, new: Ticket, composer: Composer, now: datetime, limits: LimitsConfig
+) -> None:
     """Both numbers to the customer, under the new ticket's tag."""
     from mailtick.tickets import queue_mail
 
@@ -176,4 +187,4 @@ def tell_customer(old: Ticket, new: Ticket, composer: Composer, now: datetime) -
         references=(),
     )
     out = composer.compose("split", reply, old_tag=f"[{composer.prefix}#{old.number}]")
-    queue_mail(new, out, "split", now)
+    queue_mail(new, out, "split", now, limits=limits, prefix=composer.prefix)

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
 import peewee as pw
 
-from mailtick.db import Event, Message, Outbox, Ticket, utcnow
+from mailtick.db import Address, Event, Message, Outbox, Participant, Ticket, utcnow
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -70,7 +71,42 @@ def show_ticket(db: pw.Database, number: str) -> dict[str, Any] | None:
         for e in Event.select().where(Event.ticket == ticket).order_by(Event.at, Event.id)
     ]
     detail["thread"] = [_message(m, outbox.get(m.id)) for m in messages]
+    detail["held"] = held(messages, outbox)
+    detail["bouncing"] = bouncing(ticket, outbox.values())
     return detail
+
+
+def bouncing(ticket: Ticket, outbox: Iterable[Outbox]) -> list[dict[str, Any]]:
+    """The ticket's addresses (requester, participants, our recipients) our mail bounces at."""
+    addresses = {str(ticket.requester)}
+    addresses |= {p.address for p in Participant.select().where(Participant.ticket == ticket)}
+    addresses |= {a for o in outbox for a in str(o.rcpt_to).split(",") if a}
+    query = Address.select().where(Address.address.in_(sorted(addresses)) & Address.bouncing)
+    return [
+        {
+            "address": a.address,
+            "bounces": a.bounces,
+            "last_bounce_at": _iso(a.last_bounce_at),
+            "last_bounce": a.last_bounce,
+        }
+        for a in query.order_by(Address.address)
+    ]
+
+
+def held(messages: list[Message], outbox: dict[int, Outbox]) -> list[dict[str, Any]]:
+    """The mails of the ticket a send cap stopped (caps.py), each with its reason."""
+    return [
+        {
+            "at": _iso(m.created_at),
+            "kind": m.kind,
+            "to": outbox[m.id].rcpt_to.split(","),
+            "subject": m.subject,
+            "message_id": m.message_id,
+            "reason": outbox[m.id].last_error.removeprefix("held: "),
+        }
+        for m in messages
+        if m.id in outbox and outbox[m.id].status == "held"
+    ]
 
 
 def _message(message: Message, out: Outbox | None) -> dict[str, Any]:

@@ -110,25 +110,34 @@ def mailtick(
     )
 
 
-@contextmanager
-def daemon_process(config_path: Path, log_path: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """`mailtick run -c config` in the background; SIGTERM and a bounded wait afterwards."""
+def spawn_daemon(
+    config_path: Path, log_path: Path, env: dict[str, str] | None = None, **popen: Any
+) -> subprocess.Popen[bytes]:
+    """`mailtick run -c config` in the background, its output in `log_path`; not waited for.
+    `env` adds variables to the environment; `popen` goes to subprocess.Popen."""
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
+        return subprocess.Popen(
             [sys.executable, "-m", "mailtick", "run", "-c", str(config_path)],
             stdout=log,
             stderr=subprocess.STDOUT,
             cwd=REPO,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+            **popen,
         )
-        try:
-            wait_until(
-                lambda: b"IMAP connected" in log_path.read_bytes() or proc.poll() is not None, 20
-            )
-            assert proc.poll() is None, log_path.read_text()
-            yield proc
-        finally:
-            stop_process(proc)
+
+
+@contextmanager
+def daemon_process(config_path: Path, log_path: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """`mailtick run -c config` in the background; SIGTERM and a bounded wait afterwards."""
+    proc = spawn_daemon(config_path, log_path)
+    try:
+        wait_until(
+            lambda: b"IMAP connected" in log_path.read_bytes() or proc.poll() is not None, 20
+        )
+        assert proc.poll() is None, log_path.read_text()
+        yield proc
+    finally:
+        stop_process(proc)
 
 
 def wait_until(condition: Callable[[], bool], timeout: float, step: float = 0.05) -> None:

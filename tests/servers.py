@@ -353,6 +353,46 @@ class Dovecot:
         started = set(_LOGIN_LINE.findall(log))
         return started - set(_DISCONNECT_LINE.findall(log))
 
+    # -- administration (doveadm, the mail store) -------------------------------------------
+
+    def doveadm(self, *args: str) -> str:
+        """`doveadm -c <this server's config> <args>`; its stdout, RuntimeError on failure.
+        E.g. doveadm("mailbox", "status", "-u", user, "messages", "INBOX")."""
+        result = subprocess.run(
+            ["doveadm", "-c", str(self.config_path), *args],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        if result.returncode != 0:
+            raise RuntimeError(f"doveadm {' '.join(args)}: {result.returncode} {result.stderr}")
+        return result.stdout
+
+    def mailbox_status(self, mailbox: str = "INBOX", user: str = DEFAULT_USER) -> dict[str, int]:
+        """{"messages": .., "uidnext": .., "uidvalidity": ..} as the server has them now."""
+        fields = "messages uidnext uidvalidity"
+        line = self.doveadm("mailbox", "status", "-u", user, fields, mailbox).strip()
+        return {key: int(value) for key, value in re.findall(r"(\w+)=(\d+)", line)}
+
+    def set_uidvalidity(self, value: int, mailbox: str = "INBOX", user: str = DEFAULT_USER) -> None:
+        """Give the mailbox a new UIDVALIDITY (the mails keep their UIDs), as an admin would
+        with `doveadm mailbox update --uid-validity`."""
+        self.doveadm("mailbox", "update", "-u", user, "--uid-validity", str(value), mailbox)
+
+    def forget_uids(self, user: str = DEFAULT_USER) -> None:
+        """INBOX as after a restore of its mail files without Dovecot's index: stop, delete
+        INBOX's dovecot-uidlist and indexes, start. Dovecot rescans the files and numbers
+        them from UID 1 under a new UIDVALIDITY; no mail is lost. (Maildir: INBOX lives
+        in the user's root directory, other mailboxes in ".Name" below it, untouched.)"""
+        home = self.mail_dir / user
+        self.stop()
+        for path in home.iterdir():
+            if path.name == "dovecot-uidlist" or path.name.startswith(
+                ("dovecot.index", "dovecot.list.index")
+            ):
+                path.unlink()
+        self.start()
+
     # -- internals -------------------------------------------------------------------------
 
     def _capability_setting(self) -> str:

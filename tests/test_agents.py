@@ -381,8 +381,10 @@ def test_a_hundred_generated_forgeries_change_nothing(
     assert (ticket.status, ticket.owner, ticket.priority) == ("open", None, "normal")
     assert Wish.select().count() == 0
     assert Message.select().where(Message.kind.in_(["agent", "note", "agent-error"])).count() == 0
-    assert Message.select().where(Message.kind.in_(["relay", "command_error", "note"])).count() == 0
+    assert Message.select().where(Message.kind.in_(["relay", "command-error", "note"])).count() == 0
     assert (
         len(to(smtp_sink, "joerg@kunde.example")) == before["sent_to_customer"]
     )  # nothing relayed
-    assert Event.select().where(Event.ticket == ticket).count() == before["events"]
+    # "held": the send caps stopped the flood of notifications the forgeries caused
+    changes = Event.select().where((Event.ticket == ticket) & (Event.kind != "held"))
+    assert changes.count() == before["events"]

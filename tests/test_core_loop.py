@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -246,8 +247,17 @@ def test_oversized_mail_is_quarantined_not_dropped(
     from mailtick.db import Quarantine
 
     [row] = Quarantine.select()
-    assert "max_mail_bytes" in row.reason and bytes(row.data) == big
+    assert "max_mail_bytes is 100000" in row.reason and row.size == len(big)
+    kept = Path(row.path).read_bytes()  # the header only, in the quarantine directory
+    assert big.startswith(kept) and b"Subject: Scan" in kept and len(kept) < 2000
     db.close()
+    # Sizes were fetched first and the big mail's body never crossed the wire.
+    log = dovecot.log_text()
+    [session] = re.findall(
+        r"imap\(\S+\)<(\d+)>\S*: Debug: Command finished: UID FETCH \S+ \(UID RFC822\.SIZE\)", log
+    )
+    [sent] = re.findall(rf"<{session}>\S*: Info: Disconnected: Logged out in=\d+ out=(\d+)", log)
+    assert int(sent) < 20_000 < len(big)
 
 
 def test_smtp_451_is_retried_and_delivered_once(

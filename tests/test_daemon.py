@@ -72,7 +72,10 @@ def test_imap_server_restarted_under_the_daemon(
 def test_mail_arriving_during_a_catch_up_is_not_left_until_the_idle_timeout(
     dovecot: Dovecot, imap_client: ImapTestClient, smtp_sink: SmtpSink, tmp_path: Path
 ) -> None:
-    backlog = [make_mail(subject=f"Backlog {n}", body="Please call me back.") for n in range(300)]
+    backlog = [  # 300 customers: one customer gets at most limits.daily_per_address mails a day
+        make_mail(from_addr=f"c{n}@customer.example", subject=f"Backlog {n}", body="Call me.")
+        for n in range(300)
+    ]
     imap_client.append_many(backlog)
     data = settings(dovecot, smtp_sink, f"sqlite:///{tmp_path}/t.db", imap={"idle_timeout": 600})
     config = write_config(tmp_path / "config.toml", data)

@@ -9,15 +9,14 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from harness import REPO, settings, write_config
-from servers import Dovecot, SmtpSink, stop_process
+from harness import settings, spawn_daemon, write_config
+from servers import Dovecot, ImapTestClient, SmtpSink, make_mail, stop_process
 
 from mailtick.notify import Notifier, health_text, keep_alive
 
@@ -239,19 +238,12 @@ def notified_daemon(
     config = write_config(
         tmp_path / "config.toml", settings(dovecot, smtp_sink, f"sqlite:///{tmp_path}/t.db")
     )
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "NOTIFY_SOCKET": path, "WATCHDOG_USEC": "1000000"}
-    with open(tmp_path / "daemon.log", "wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "mailtick", "run", "-c", str(config)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=REPO,
-            env=env,
-        )
-        try:
-            yield proc, systemd
-        finally:
-            stop_process(proc)
+    env = {"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "1000000"}
+    proc = spawn_daemon(config, tmp_path / "daemon.log", env)
+    try:
+        yield proc, systemd
+    finally:
+        stop_process(proc)
 
 
 def _count(messages: list[str], line: str) -> int:
@@ -277,3 +269,30 @@ def test_the_daemon_notifies_ready_watchdog_status_and_stopping(
     systemd.wait_for(lambda got: _count(got, "STOPPING=1") == 1, 10)
     assert proc.wait(timeout=30) == 0
     assert _count(systemd.messages, "READY=1") == 1
+
+
+def test_the_status_line_tells_the_sysadmin_about_quarantined_mail(
+    dovecot: Dovecot,
+    imap_client: ImapTestClient,
+    smtp_sink: SmtpSink,
+    tmp_path: Path,
+    receiver: tuple[Receiver, str],
+) -> None:
+    """`systemctl status mailtick` shows that mail was set aside, and where to look."""
+    systemd, path = receiver
+    data = settings(
+        dovecot, smtp_sink, f"sqlite:///{tmp_path}/t.db", tickets={"max_mail_bytes": 20_000}
+    )
+    config = write_config(tmp_path / "config.toml", data)
+    proc = spawn_daemon(config, tmp_path / "daemon.log", {"NOTIFY_SOCKET": path})
+    try:
+        systemd.wait_for(lambda got: _count(got, "STATUS=IMAP connected, waiting for mail") >= 1, 30)
+        imap_client.append(make_mail(subject="Scan", body="x" * 30_000))
+        wanted = (
+            "STATUS=IMAP connected, waiting for mail; "
+            "1 mail(s) quarantined since start: mailtick quarantine list"
+        )
+        systemd.wait_for(lambda got: _count(got, wanted) == 1, 20)
+    finally:
+        stop_process(proc)
+    assert imap_client.count("Quarantine") == 1

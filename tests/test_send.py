@@ -9,7 +9,7 @@ from datetime import timedelta
 import peewee as pw
 
 from mailtick.db import Message, Outbox, Ticket, insert_row, open_database, utcnow
-from mailtick.send import _HOST, claim_token, next_due, release_orphans
+from mailtick.send import _HOST, claim_token, next_due, release_mine, release_orphans
 
 
 def _row(db: pw.Database, n: int, token: str | None, until_minutes: int) -> int:
@@ -60,4 +60,17 @@ def test_next_due_waits_for_a_lease_to_run_out(sqlite_url: str) -> None:
     _row(db, 2, None, 0)
     due = next_due(db)
     assert due is not None and due <= utcnow()
+    db.close()
+
+
+def test_a_clean_stop_frees_only_its_own_leases(db_url: str) -> None:
+    """Another instance sharing the database can send them at once, not after 10 minutes."""
+    db = open_database(db_url)
+    mine = _row(db, 1, claim_token(), 10)
+    others = _row(db, 2, "ffffffff:1:deadbeef:cccccc", 10)
+    assert release_mine(db) == 1
+    assert Outbox.get_by_id(mine).claim_token is None
+    assert Outbox.get_by_id(others).claim_token == "ffffffff:1:deadbeef:cccccc"
+    due = next_due(db)
+    assert due is not None and due <= utcnow()  # mine is due again now
     db.close()

@@ -10,7 +10,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 from servers import make_mail
 
 from mailtick.ingest.workers import ParsePool, parse_many
@@ -37,18 +36,50 @@ def test_workers_parse_like_the_database_thread() -> None:
     ]
 
 
-def test_a_killed_worker_becomes_a_retry_and_the_pool_recovers() -> None:
+def test_a_killed_worker_costs_nothing_the_batch_is_parsed_again() -> None:
     pool = ParsePool(workers=1, default_language="en")
     try:
         pool.start()
         asyncio.run(pool.parse(MAILS))
         for pid in list(pool._pool._processes):  # type: ignore[union-attr]
             os.kill(pid, signal.SIGKILL)
-        with pytest.raises(Transient, match="parser process died"):
-            asyncio.run(pool.parse(MAILS))
-        assert len(asyncio.run(pool.parse(MAILS))) == len(MAILS)  # a fresh pool
+        again = asyncio.run(pool.parse(MAILS))  # one at a time, in a fresh pool
+        assert [m.subject for m in again] == [f"Request {n}" for n in range(12)]  # type: ignore[union-attr]
     finally:
         pool.close()
+
+
+def slow_mail(parts: int = 40_000) -> bytes:
+    """A real mail that mail-parser needs seconds for (40,000 MIME parts, about 4 MB)."""
+    body = "".join(
+        f"--b\r\nContent-Type: text/plain\r\n"
+        f'Content-Disposition: attachment; filename="f{i}.txt"\r\n\r\nx{i}\r\n'
+        for i in range(parts)
+    )
+    head = (
+        "From: slow@customer.example\r\nTo: support@example.com\r\nSubject: Many parts\r\n"
+        "Message-ID: <slow@customer.example>\r\nMIME-Version: 1.0\r\n"
+        "Content-Type: multipart/mixed; boundary=b\r\n\r\n"
+    )
+    return (head + body + "--b--\r\n").encode()
+
+
+def test_a_mail_over_the_parse_timeout_fails_alone_and_its_worker_is_killed() -> None:
+    pool = ParsePool(workers=2, default_language="en", timeout=0.5)
+    batch = [*MAILS[:5], slow_mail(), *MAILS[5:]]
+    try:
+        pool.start()
+        workers = list(pool._pool._processes)  # type: ignore[union-attr]
+        started = time.monotonic()
+        results = asyncio.run(pool.parse(batch))
+        took = time.monotonic() - started
+    finally:
+        pool.close()
+    assert isinstance(results[5], Transient) and "parse_timeout=0.5s" in results[5].reason
+    parsed = [r for n, r in enumerate(results) if n != 5]
+    assert [m.subject for m in parsed] == [f"Request {n}" for n in range(12)]  # type: ignore[union-attr]
+    assert took < 0.5 * 2 + 5  # the batch, then the slow mail alone; the rest is quick
+    assert not any(_alive(pid) for pid in workers)  # the stuck worker was killed
 
 
 def test_workers_die_with_the_daemon(tmp_path: Path) -> None:

@@ -41,6 +41,8 @@ def _robot_sender(mail: ParsedMail) -> bool:
     local = mail.from_addr.partition("@")[0]
     return local in (
         "mailer-daemon",
+        "mailerdaemon",
+        "mail-daemon",
         "postmaster",
         "noreply",
         "no-reply",
@@ -49,12 +51,16 @@ def _robot_sender(mail: ParsedMail) -> bool:
     )
 
 
-def _null_return_path(mail: ParsedMail) -> bool:
-    return mail.header("Return-Path").strip() == "<>"
+def null_return_path(mail: ParsedMail) -> bool:
+    """The topmost Return-Path is the null sender "<>" (also written "< >" or "<> (comment)")
+    or the MAILER-DAEMON some MTAs write for it."""
+    value = "".join(mail.header("Return-Path").split()).lower()
+    return value.startswith("<>") or value in ("<mailer-daemon>", "mailer-daemon")
 
 
 def _delivery_report(mail: ParsedMail) -> bool:
-    return mail.header("Content-Type").lower().startswith("multipart/report")
+    """RFC 6522 multipart/report: delivery status (RFC 3464), read receipts, feedback."""
+    return mail.header("Content-Type").lower().lstrip().startswith("multipart/report")
 
 
 # (name, predicate): the first that matches marks the mail automatic.
@@ -65,9 +71,10 @@ AUTOMATIC_RULES: tuple[tuple[str, Callable[[ParsedMail], bool]], ...] = (
     ("list-id", _has_header("List-Id")),
     ("list-unsubscribe", _has_header("List-Unsubscribe")),
     ("x-auto-response-suppress", _has_header("X-Auto-Response-Suppress")),
-    ("null-return-path", _null_return_path),
+    ("null-return-path", null_return_path),
     ("robot-sender", _robot_sender),
     ("delivery-report", _delivery_report),
+    ("x-failed-recipients", _has_header("X-Failed-Recipients")),  # Exim's bounces
     ("no-sender", lambda mail: "@" not in mail.from_addr),
 )
 

@@ -34,6 +34,8 @@ _EXISTS = re.compile(rb"^(\d+) EXISTS")
 _UNTAGGED_EXISTS = re.compile(rb"^\* \d+ EXISTS")
 _FETCH_HEAD = re.compile(rb"^\d+ FETCH \(")
 _FETCH_UID = re.compile(rb"UID (\d+)")
+_FETCH_SIZE = re.compile(rb"RFC822\.SIZE (\d+)")
+HEADER_BYTES = 65536  # of a mail too big to download, this much of its header is fetched
 _LITERAL = re.compile(rb"\{(\d+)\}$")
 
 
@@ -256,6 +258,27 @@ class ImapConnection:
     async def fetch(self, uids: Sequence[int]) -> list[tuple[int, bytes]]:
         response = await self.command(
             self.client.uid("FETCH", uid_set(uids), "(UID BODY.PEEK[])"), "UID FETCH"
+        )
+        return parse_fetch(response.lines)
+
+    async def sizes(self, uids: Sequence[int]) -> dict[int, int]:
+        """uid -> RFC822.SIZE, so a mail too big for us is never downloaded."""
+        response = await self.command(
+            self.client.uid("FETCH", uid_set(uids), "(UID RFC822.SIZE)"), "UID FETCH SIZE"
+        )
+        found: dict[int, int] = {}
+        for line in response.lines:
+            data = bytes(line)
+            uid, size = _FETCH_UID.search(data), _FETCH_SIZE.search(data)
+            if uid and size:
+                found[int(uid.group(1))] = int(size.group(1))
+        return found
+
+    async def fetch_headers(self, uids: Sequence[int]) -> list[tuple[int, bytes]]:
+        """The first HEADER_BYTES of each mail's header (for a mail we will not download)."""
+        part = f"(UID BODY.PEEK[HEADER]<0.{HEADER_BYTES}>)"
+        response = await self.command(
+            self.client.uid("FETCH", uid_set(uids), part), "UID FETCH HEADER"
         )
         return parse_fetch(response.lines)
 

@@ -1,4 +1,10 @@
-"""Stage `parse`: RawMail bytes -> ParsedMail (mail-parser + stdlib headers). Touches nothing."""
+"""Stage `parse`: RawMail bytes -> ParsedMail (mail-parser + stdlib headers). Touches nothing.
+
+HTML from a mail is sanitised with nh3 (an allow-list) before anything reads or keeps
+it: the body before it is turned into text, a text/html attachment before its bytes
+are stored (and relayed to agents or customers from there). Attachment names are
+plain file names: no directories, no control characters.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +22,7 @@ from typing import Any
 
 import html2text
 import mailparser
+import nh3
 
 from mailtick.mail import Attachment, ParsedMail
 from mailtick.outcomes import Rejected
@@ -109,10 +116,89 @@ def _text(parsed: Any) -> str:
 
 
 def html_to_text(html: str) -> str:
+    """Sanitised first: no script or style content and no comments (Outlook's conditional
+    ones) reach the text."""
     converter = html2text.HTML2Text()
     converter.ignore_images = True
     converter.body_width = 0
-    return str(converter.handle(html)).strip() + "\n"
+    return str(converter.handle(sanitize_html(html))).strip() + "\n"
+
+
+# -- HTML: the allow-list -------------------------------------------------------------------
+
+# Ordinary formatting, lists, tables and links. Nothing runs, loads or submits: no script,
+# style, iframe, object, embed, form or input; no on* or style attributes; images keep
+# their size and alt text but no src (no remote loads, no tracking pixels, no data: URLs).
+_TAG_NAMES = (  # one string: the allow-list reads as a list of words
+    "a abbr b bdi bdo blockquote br caption center cite code col colgroup dd del dfn div dl dt "
+    "em figcaption figure h1 h2 h3 h4 h5 h6 hr i img ins kbd li mark ol p pre q s samp small "
+    "span strike strong sub sup table tbody td tfoot th thead tr tt u ul var wbr"
+)
+HTML_TAGS = frozenset(_TAG_NAMES.split())
+HTML_ATTRIBUTES: dict[str, frozenset[str]] = {
+    "*": frozenset({"title", "lang", "dir"}),  # on every allowed tag
+    "a": frozenset({"href", "title"}),
+    "img": frozenset({"alt", "title", "width", "height"}),
+    "table": frozenset({"border", "cellpadding", "cellspacing", "width", "align", "summary"}),
+    "td": frozenset({"colspan", "rowspan", "align", "valign", "width"}),
+    "th": frozenset({"colspan", "rowspan", "align", "valign", "width", "scope"}),
+    "col": frozenset({"span", "width"}),
+    "colgroup": frozenset({"span", "width"}),
+    "ol": frozenset({"start", "type"}),
+    "bdo": frozenset({"dir"}),
+}
+# Removed together with everything inside them (other tags not allowed keep their text).
+_DROPPED_NAMES = (
+    "script style title template noscript iframe frame frameset noframes object embed "
+    "applet xml svg math textarea select"
+)
+HTML_DROPPED_WITH_CONTENT = frozenset(_DROPPED_NAMES.split())
+HTML_URL_SCHEMES = frozenset({"http", "https", "mailto", "tel"})
+_HTML_TYPES = ("text/html", "application/xhtml+xml")
+_HTML_NAME = re.compile(r"\.(x?html?|shtml)$", re.IGNORECASE)
+HTML_FILE_HEAD = '<!DOCTYPE html>\n<meta charset="utf-8">\n'
+_PATH_SEPARATORS = re.compile(r"[/\\]")
+_MAX_NAME = 200
+
+
+@lru_cache(maxsize=1)
+def _cleaner() -> nh3.Cleaner:
+    return nh3.Cleaner(
+        tags=set(HTML_TAGS),
+        clean_content_tags=set(HTML_DROPPED_WITH_CONTENT),
+        attributes={tag: set(names) for tag, names in HTML_ATTRIBUTES.items()},
+        url_schemes=set(HTML_URL_SCHEMES),
+        url_relative="deny",  # "//host/x" or "x.html" mean nothing in a mail
+        strip_comments=True,
+        link_rel="noopener noreferrer",
+    )
+
+
+def sanitize_html(html: str) -> str:
+    """HTML from a mail reduced to the allow-list above (nh3: the Ammonia sanitiser)."""
+    return _cleaner().clean(html)
+
+
+def sanitize_html_file(data: bytes, charset: str | None) -> bytes:
+    """An HTML attachment as a sanitised UTF-8 document that says it is UTF-8."""
+    try:
+        text = data.decode(charset or "utf-8")
+    except (LookupError, UnicodeDecodeError):
+        text = data.decode("cp1252", errors="replace")
+    return (HTML_FILE_HEAD + sanitize_html(text)).encode("utf-8")
+
+
+def safe_filename(name: str) -> str:
+    """An attachment's name as a plain file name, never a path: RFC 2047 decoded, control
+    characters (CR, LF, NUL ...) gone, only what follows the last / or \\, no leading dots,
+    at most 200 characters (a short extension kept); "attachment" when nothing is left."""
+    base = _PATH_SEPARATORS.split(clean_header(name))[-1].strip().lstrip(". ")
+    if len(base) > _MAX_NAME:
+        stem, dot, extension = base.rpartition(".")
+        short = dot and 0 < len(extension) <= 10
+        base = stem[: _MAX_NAME - 1 - len(extension)] + dot + extension if short else base
+        base = base[:_MAX_NAME]
+    return base or "attachment"
 
 
 def _attachments(items: Iterable[dict[str, Any]]) -> Iterable[Attachment]:
@@ -122,11 +208,13 @@ def _attachments(items: Iterable[dict[str, Any]]) -> Iterable[Attachment]:
             data = base64.b64decode(payload) if item.get("binary") else str(payload).encode()
         except (binascii.Error, ValueError):
             data = str(payload).encode()
-        yield Attachment(
-            filename=clean_header(item.get("filename") or "attachment")[:200],
-            content_type=str(item.get("mail_content_type") or "application/octet-stream"),
-            data=data,
-        )
+        filename = safe_filename(str(item.get("filename") or ""))
+        content_type = str(item.get("mail_content_type") or "application/octet-stream")
+        if content_type.lower() in _HTML_TYPES or _HTML_NAME.search(filename):
+            charset = item.get("charset")
+            data = sanitize_html_file(data, str(charset) if charset else None)
+            content_type = "text/html"
+        yield Attachment(filename=filename, content_type=content_type, data=data)
 
 
 @lru_cache(maxsize=1)

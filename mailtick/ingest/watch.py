@@ -49,6 +49,7 @@ class Counts:
     acked: int = 0
     quarantined: int = 0
     retry: int = 0
+    first_retry: int | None = None  # the lowest UID left for a retry: the cursor stays below
 
 
 def load_cursor(db: pw.Database, selected: Selected) -> int:
@@ -97,10 +98,11 @@ class Backoff:
 class Watcher:
     """Keeps one mailbox drained: connect, catch up, wait for news, repeat; forever."""
 
-    def __init__(self, config: ImapConfig, store: Store, handle: Handler) -> None:
+    def __init__(self, config: ImapConfig, store: Store, handle: Handler, max_bytes: int) -> None:
         self.config = config
         self.store = store
         self.handle = handle
+        self.max_bytes = max_bytes  # larger mail is not downloaded (tickets.max_mail_bytes)
         self.backoff = Backoff(config.reconnect_min, config.reconnect_max)
         self.connected = asyncio.Event()  # set while a session is healthy (for the watchdog)
 
@@ -190,8 +192,18 @@ class Watcher:
         return counts
 
     async def _fetch(self, conn: ImapConnection, selected: Selected, uids: list[int]) -> Prepared:
-        fetched = await conn.fetch(uids)
-        raws = [RawMail(selected.mailbox, selected.uidvalidity, uid, data) for uid, data in fetched]
+        """Sizes first: a mail above max_bytes is not downloaded, only its header."""
+        sizes = await conn.sizes(uids)
+        big = [uid for uid in uids if sizes.get(uid, 0) > self.max_bytes]
+        small = [uid for uid in uids if uid not in set(big)]
+        fetched = dict(await conn.fetch(small)) if small else {}
+        if big:
+            fetched.update(await conn.fetch_headers(big))
+        raws = [
+            RawMail(selected.mailbox, selected.uidvalidity, uid, fetched[uid], sizes.get(uid, 0))
+            for uid in uids
+            if uid in fetched  # a mail expunged meanwhile is simply gone
+        ]
         return raws, await self.handle.prepare(raws)
 
     async def _batch(
@@ -203,24 +215,25 @@ class Watcher:
         counts: Counts,
     ) -> bool:
         """Record one fetched batch, then MOVE the handled mails and advance the cursor.
-        False when a mail asked for a retry: the cursor stops below it."""
+        A mail left for a retry keeps the cursor below it (the mails after it are handled
+        and moved all the same); False when nothing could be handled (stop for now)."""
         raws, parsed = prepared
         counts.fetched += len(raws)
         done: dict[Action, list[int]] = {Action.ACK: [], Action.QUARANTINE: []}
-        stopped_at: int | None = None
         for raw, action in zip(raws, await self.handle.commit(raws, parsed), strict=True):
             if action is Action.RETRY:
-                stopped_at = raw.uid
                 counts.retry += 1
-                break
-            done[action].append(raw.uid)
+                counts.first_retry = min(raw.uid, counts.first_retry or raw.uid)
+            else:
+                done[action].append(raw.uid)
         await self._move(conn, done[Action.ACK], self.config.processed_mailbox)
         await self._move(conn, done[Action.QUARANTINE], self.config.quarantine_mailbox)
         counts.acked += len(done[Action.ACK])
         counts.quarantined += len(done[Action.QUARANTINE])
-        handled_up_to = stopped_at - 1 if stopped_at is not None else uids[-1]
+        handled = bool(done[Action.ACK] or done[Action.QUARANTINE])
+        handled_up_to = uids[-1] if counts.first_retry is None else counts.first_retry - 1
         await self.store.run(save_cursor, self.store.db, selected, handled_up_to)
-        return stopped_at is None
+        return handled or not raws
 
     async def _move(self, conn: ImapConnection, uids: list[int], target: str) -> None:
         if uids:
