@@ -17,11 +17,10 @@ from mailtick.config import Config, ConfigError, ImapConfig, load_config
 from mailtick.db import check_durability
 from mailtick.identify import Desk
 from mailtick.ingest.parse import warm_up
-from mailtick.ingest.watch import Counts, Handler, Watcher
-from mailtick.ingest.workers import Parsed, ParsePool
-from mailtick.mail import RawMail
+from mailtick.ingest.watch import Counts, Watcher
+from mailtick.ingest.workers import ParsePool
 from mailtick.notify import Notifier, keep_alive
-from mailtick.pipeline import Action, Pipeline
+from mailtick.pipeline import Pipeline
 from mailtick.security import TokenSigner
 from mailtick.send import SendCounts, Sender
 from mailtick.store import Store
@@ -119,7 +118,6 @@ class Daemon:
     async def _stages(self) -> None:
         """Ingest and send until a stop is requested; raise when a stage dies (exit non-zero
         so that systemd restarts us) or failed while stopping."""
-        self.watcher.handle = StopAfterBatch(self.pipeline, self.stop)
         log.info(
             "mailtick started: %s@%s/%s",
             self.config.imap.username,
@@ -208,36 +206,6 @@ async def serve(config: Config) -> None:
     next_config: Config | None = config
     while next_config is not None:
         next_config = await Daemon(next_config).run()
-
-
-class StopAfterBatch:
-    """The pipeline as the watcher of `mailtick run` sees it: once a stop is requested,
-    the batch being recorded is finished (committed, then moved and the cursor saved by
-    the watcher), and every mail fetched after that stays on the server for the next
-    start (Action.RETRY, before its try is counted). So a SIGTERM during the catch-up
-    of a long backlog ends it within one batch, not after the whole backlog."""
-
-    def __init__(self, pipeline: Handler, stop: asyncio.Event) -> None:
-        self.pipeline = pipeline
-        self.stop = stop
-
-    async def prepare(self, raws: Sequence[RawMail]) -> list[Parsed] | None:
-        if self.stop.is_set():
-            return None  # not parsed: `commit` leaves them on the server
-        return await self.pipeline.prepare(raws)
-
-    async def commit(self, raws: Sequence[RawMail], parsed: list[Parsed] | None) -> list[Action]:
-        if not self.stop.is_set():
-            return await self.pipeline.commit(raws, parsed)
-        if raws:
-            log.info(
-                "stopping: %d fetched mails (UID %d-%d of %s) stay on the server for next time",
-                len(raws),
-                raws[0].uid,
-                raws[-1].uid,
-                raws[0].mailbox,
-            )
-        return [Action.RETRY] * len(raws)
 
 
 async def wind_down(tasks: Sequence[asyncio.Task[None]], grace: float = STOP_GRACE) -> None:

@@ -105,8 +105,10 @@ class Watcher:
         self.max_bytes = max_bytes  # larger mail is not downloaded (tickets.max_mail_bytes)
         self.backoff = Backoff(config.reconnect_min, config.reconnect_max)
         self.connected = asyncio.Event()  # set while a session is healthy (for the watchdog)
+        self.stop: asyncio.Event | None = None  # run(): after a stop no new batch is begun
 
     async def run(self, stop: asyncio.Event) -> None:
+        self.stop = stop
         while not stop.is_set():
             try:
                 await self._session(stop)
@@ -181,6 +183,9 @@ class Watcher:
                 assert ahead is not None
                 prepared = await ahead
                 ahead = None
+                if self.stop is not None and self.stop.is_set():
+                    _leave_for_next_time(batches[number:])
+                    break
                 if number + 1 < len(batches):
                     ahead = asyncio.ensure_future(self._fetch(conn, selected, batches[number + 1]))
                 if not await self._batch(conn, selected, batch, prepared, counts):
@@ -238,3 +243,15 @@ class Watcher:
     async def _move(self, conn: ImapConnection, uids: list[int], target: str) -> None:
         if uids:
             await conn.move(uids, target)
+
+
+def _leave_for_next_time(batches: list[list[int]]) -> None:
+    """A stop came: the batches not begun stay on the server (their tries not counted)."""
+    uids = [uid for batch in batches for uid in batch]
+    if uids:
+        log.info(
+            "stopping: %d mails (UID %d-%d) stay on the server for next time",
+            len(uids),
+            uids[0],
+            uids[-1],
+        )
