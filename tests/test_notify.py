@@ -286,7 +286,9 @@ def test_the_status_line_tells_the_sysadmin_about_quarantined_mail(
     config = write_config(tmp_path / "config.toml", data)
     proc = spawn_daemon(config, tmp_path / "daemon.log", {"NOTIFY_SOCKET": path})
     try:
-        systemd.wait_for(lambda got: _count(got, "STATUS=IMAP connected, waiting for mail") >= 1, 30)
+        systemd.wait_for(
+            lambda got: _count(got, "STATUS=IMAP connected, waiting for mail") >= 1, 30
+        )
         imap_client.append(make_mail(subject="Scan", body="x" * 30_000))
         wanted = (
             "STATUS=IMAP connected, waiting for mail; "
