@@ -912,6 +912,9 @@ def config_text(imap_port: int, smtp_port: int) -> str:
         [log]
         level = "INFO"
 
+        [quarantine]
+        directory = "quarantine"
+
         [drift]
         action = "warn"
 

@@ -210,7 +210,8 @@ def report(name: str, appended: Appended, where: Outcome) -> None:
     print(
         f"\n[{name}] appended {len(appended.raws)}, refused by Dovecot {len(appended.refused)}, "
         f"recorded {len(where.recorded)}, quarantined {len(where.quarantined)}, "
-        f"duplicates acknowledged {len(where.duplicates)}; reasons {dict(groups)}; "
+        f"duplicates acknowledged {len(where.duplicates)}, bounces of no mail of ours ignored "
+        f"{len(where.backscatter)}; reasons {dict(groups)}; "
         f"refusals {Counter(text.rsplit('NO', 1)[-1][:60] for _raw, text in appended.refused)}",
         file=sys.stderr,
     )
