@@ -20,7 +20,7 @@ from mailtick.ingest.parse import warm_up
 from mailtick.ingest.watch import Counts, Watcher
 from mailtick.ingest.workers import ParsePool
 from mailtick.notify import Notifier, keep_alive
-from mailtick.pipeline import Pipeline
+from mailtick.pipeline import Pipeline, forget_stale_tries
 from mailtick.security import TokenSigner
 from mailtick.send import SendCounts, Sender
 from mailtick.store import Store
@@ -89,6 +89,8 @@ class Daemon:
     async def open(self) -> None:
         db = await self.store.open()
         await self.store.run(check_durability, db)
+        if stale := await self.store.run(forget_stale_tries, db):
+            log.info("forgot %d tries of mails gone from the server for 30 days", stale)
         await self.store.run(warm_up)  # load the language model now, not on the first mail
         self.parsers.start()  # fork the parse workers now: they inherit the loaded model
 

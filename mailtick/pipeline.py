@@ -89,8 +89,13 @@ class Pipeline:
         A mail too big to download is not parsed: `commit` quarantines it."""
         if not self.parsers.wanted(len(raws)):
             return None
-        whole = [raw for raw in raws if raw.complete]
-        results = iter(await self.parsers.parse([raw.data for raw in whole]) if whole else [])
+        whole = [raw.data for raw in raws if raw.complete]
+        return self._all(raws, await self.parsers.parse(whole) if whole else [])
+
+    def _all(self, raws: Sequence[RawMail], parsed_whole: list[Parsed]) -> list[Parsed]:
+        """One result per mail: the parse of each whole mail, in order, and the Rejected
+        outcome of each mail too big to download (it was not parsed)."""
+        results = iter(parsed_whole)
         return [next(results) if raw.complete else _too_big(raw, self.max_bytes) for raw in raws]
 
     async def process(self, raws: Sequence[RawMail]) -> list[Action]:
@@ -101,9 +106,9 @@ class Pipeline:
         """Record a batch (parsed by `prepare`, or here); one Action per mail, in order.
         Mails that failed before are recorded one at a time (see the poison cap)."""
         try:
-            tries = await self.store.run(count_tries, self.store.db, list(raws), first=True)
+            tries = await self.store.run(begin_batch, self.store.db, list(raws))
         except Transient as exc:
-            return self._retry_all(raws, exc)
+            return self._finish(raws, {}, exc)
         batch = [n for n, raw in enumerate(raws) if raw.uid not in tries]
         suspects = [n for n, raw in enumerate(raws) if raw.uid in tries]
         verdicts: dict[int, Verdict] = {}
@@ -112,7 +117,8 @@ class Pipeline:
             group_parsed = None if parsed is None else [parsed[n] for n in group]
             try:
                 if group is not batch:
-                    tries.update(await self.store.run(count_tries, self.store.db, group_raws))
+                    [raw] = group_raws
+                    tries[raw.uid] = await self.store.run(count_try, self.store.db, raw)
                 done = await self.store.run(self._ingest, group_raws, group_parsed, tries)
             except Transient as exc:
                 await self._not_their_fault(group_raws)
@@ -145,9 +151,6 @@ class Pipeline:
             self.outbox_changed()
         return actions
 
-    def _retry_all(self, raws: Sequence[RawMail], exc: Transient) -> list[Action]:
-        return self._finish(raws, {}, exc)
-
     async def _not_their_fault(self, raws: list[RawMail]) -> None:
         """The database failed, not the mails: take back the tries just counted."""
         # When the database is still away, at worst a try too many is counted.
@@ -162,12 +165,8 @@ class Pipeline:
         db = self.store.db
         known = _recorded_uids(raws)
         if parsed is None:
-            parsed = [
-                parse_many([raw.data], self.default_language)[0]
-                if raw.complete
-                else _too_big(raw, self.max_bytes)
-                for raw in raws
-            ]
+            whole = [raw.data for raw in raws if raw.complete]
+            parsed = self._all(raws, parse_many(whole, self.default_language))
         with write_transaction(db):
             verdicts = [
                 self._judge(db, raw, None if raw.uid in known else mail, tries.get(raw.uid))
@@ -316,46 +315,44 @@ def _where(raws: Sequence[RawMail], uids: Sequence[int]) -> pw.Expression:
     )
 
 
-def count_tries(db: pw.Database, raws: list[RawMail], first: bool = False) -> dict[int, Attempt]:
-    """Count a try for each mail and commit it before the try begins. With `first`, only
-    mails never tried before are counted, and the earlier tries of the others are
-    returned (uid -> Attempt): those are the suspects, counted one by one later."""
+def begin_batch(db: pw.Database, raws: list[RawMail]) -> dict[int, Attempt]:
+    """Count a try for each mail never tried before and commit it before the batch begins.
+    Returns the earlier tries of the others (uid -> Attempt): the suspects, each counted
+    by `count_try` right before it is handled alone."""
     now = utcnow()
     with write_transaction(db):
         known = {int(a.uid): a for a in Attempt.select().where(_where(raws, [r.uid for r in raws]))}
-        if first:
-            # A try left by a mail that vanished from the server (moved by hand) is old news.
-            Attempt.delete().where(Attempt.last_at < now - STALE_TRIES).execute()
-            fresh = [raw for raw in raws if raw.uid not in known]
-            rows = [
-                {
-                    "mailbox": r.mailbox,
-                    "uidvalidity": r.uidvalidity,
-                    "uid": r.uid,
-                    "count": 1,
-                    "first_at": now,
-                    "last_at": now,
-                }
-                for r in fresh
-            ]
-            if rows:
-                Attempt.insert_many(rows).execute()
-            return known
-        for raw in raws:
-            if raw.uid in known:
-                Attempt.update(count=Attempt.count + 1, last_at=now).where(
-                    _where([raw], [raw.uid])
-                ).execute()
-            else:
-                Attempt.create(
-                    mailbox=raw.mailbox,
-                    uidvalidity=raw.uidvalidity,
-                    uid=raw.uid,
-                    count=1,
-                    first_at=now,
-                    last_at=now,
-                )
-        return {int(a.uid): a for a in Attempt.select().where(_where(raws, [r.uid for r in raws]))}
+        fresh = [
+            {
+                "mailbox": r.mailbox,
+                "uidvalidity": r.uidvalidity,
+                "uid": r.uid,
+                "count": 1,
+                "first_at": now,
+                "last_at": now,
+            }
+            for r in raws
+            if r.uid not in known
+        ]
+        if fresh:
+            Attempt.insert_many(fresh).execute()
+    return known
+
+
+def count_try(db: pw.Database, raw: RawMail) -> Attempt:
+    """Count one more try of a suspect and commit it before the try begins."""
+    with write_transaction(db):
+        Attempt.update(count=Attempt.count + 1, last_at=utcnow()).where(
+            _where([raw], [raw.uid])
+        ).execute()
+        attempt: Attempt = Attempt.get(_where([raw], [raw.uid]))
+    return attempt
+
+
+def forget_stale_tries(db: pw.Database) -> int:
+    """At start-up: tries left by mails that vanished from the server (moved by hand)."""
+    with write_transaction(db):
+        return int(Attempt.delete().where(Attempt.last_at < utcnow() - STALE_TRIES).execute())
 
 
 def uncount_tries(db: pw.Database, raws: list[RawMail]) -> None:

@@ -80,9 +80,10 @@ def stored_bytes(row: Quarantine) -> bytes:
     return bytes(row.data)
 
 
-def complete(row: Quarantine) -> bool:
+def complete(row: Quarantine, data: bytes | None = None) -> bool:
     """False for a mail too big to download: only its header was kept."""
-    return not row.size or len(stored_bytes(row)) >= int(row.size)
+    kept = stored_bytes(row) if data is None else data
+    return not row.size or len(kept) >= int(row.size)
 
 
 def describe(row: Quarantine) -> dict[str, Any]:
@@ -101,7 +102,7 @@ def describe(row: Quarantine) -> dict[str, Any]:
         "size": int(row.size) or len(data),
         "stored": "file missing: " + missing
         if missing
-        else ("whole mail" if not row.size or len(data) >= int(row.size) else "header only"),
+        else ("whole mail" if complete(row, data) else "header only"),
         "file": str(row.path),
         "from": clean_header(headers.get("From", "")),
         "subject": clean_header(headers.get("Subject", "")),

@@ -127,13 +127,15 @@ def spawn_daemon(
 
 
 @contextmanager
-def daemon_process(config_path: Path, log_path: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """`mailtick run -c config` in the background; SIGTERM and a bounded wait afterwards."""
+def daemon_process(
+    config_path: Path, log_path: Path, ready: bytes = b"IMAP connected"
+) -> Iterator[subprocess.Popen[bytes]]:
+    """`mailtick run -c config` in the background, yielded once its log shows `ready`
+    (b"mailtick started" for a daemon that may never reach IMAP); SIGTERM and a bounded
+    wait afterwards."""
     proc = spawn_daemon(config_path, log_path)
     try:
-        wait_until(
-            lambda: b"IMAP connected" in log_path.read_bytes() or proc.poll() is not None, 20
-        )
+        wait_until(lambda: ready in log_path.read_bytes() or proc.poll() is not None, 20)
         assert proc.poll() is None, log_path.read_text()
         yield proc
     finally:

@@ -25,7 +25,6 @@ from harness import (
     make_config,
     run_once,
     settings,
-    spawn_daemon,
     wait_until,
     write_config,
 )
@@ -183,22 +182,6 @@ def _silent_server() -> Iterator[int]:
         yield int(listener.getsockname()[1])
 
 
-@contextlib.contextmanager
-def _started_daemon(config: Path, log_path: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """`mailtick run`, yielded once it logged "mailtick started" (it may never reach IMAP)."""
-    proc = spawn_daemon(config, log_path)
-    try:
-        wait_until(
-            lambda: b"mailtick started" in log_path.read_bytes() or proc.poll() is not None, 20
-        )
-        assert proc.poll() is None, log_path.read_text()
-        yield proc
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
-
-
 def test_sigterm_during_a_backlog_finishes_the_mail_in_hand_and_a_restart_the_rest(
     dovecot: Dovecot, smtp_sink: SmtpSink, db_url: str, tmp_path: Path
 ) -> None:
@@ -256,7 +239,7 @@ def test_sigterm_while_the_imap_server_is_down_or_hangs(
     with _silent_server() as port:
         data["imap"]["port"] = port
         write_config(config, data)
-        with _started_daemon(config, hang_log) as proc:
+        with daemon_process(config, hang_log, ready=b"mailtick started") as proc:
             time.sleep(0.5)  # in the TLS handshake / waiting for the greeting
             _sigterm(proc, hang_log)
     assert "IMAP connected" not in hang_log.read_text()

@@ -200,7 +200,7 @@ class Watcher:
         """Sizes first: a mail above max_bytes is not downloaded, only its header."""
         sizes = await conn.sizes(uids)
         big = [uid for uid in uids if sizes.get(uid, 0) > self.max_bytes]
-        small = [uid for uid in uids if uid not in set(big)]
+        small = [uid for uid in uids if sizes.get(uid, 0) <= self.max_bytes]
         fetched = dict(await conn.fetch(small)) if small else {}
         if big:
             fetched.update(await conn.fetch_headers(big))
