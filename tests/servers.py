@@ -71,11 +71,24 @@ _START_TIMEOUT = 10.0
 _GRACEFUL_STOP_WAIT = 2.0
 
 
+_handed_out: set[int] = set()
+_handed_out_lock = threading.Lock()
+
+
 def free_port(host: str = HOST) -> int:
-    """A TCP port on `host` that nothing listens on right now (the OS picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
+    """A TCP port on `host` that nothing listens on right now (the OS picks it) and that
+    this process has never handed out before. Two calls in a row can otherwise get the same
+    port from the OS (the first one is not bound yet when the second asks): Dovecot then
+    fails with "duplicate listener"."""
+    with _handed_out_lock:
+        for _ in range(1000):
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+                s.bind((host, 0))
+                port = int(s.getsockname()[1])
+            if port not in _handed_out:
+                _handed_out.add(port)
+                return port
+    raise RuntimeError(f"no fresh free port on {host} after 1000 tries")
 
 
 def make_self_signed_cert(directory: Path, name: str = "server") -> tuple[Path, Path]:

@@ -15,9 +15,16 @@ import psycopg2
 import pytest
 
 # tests/servers.py: pytest puts tests/ on sys.path (tests/ has no __init__.py).
-from servers import Dovecot, ImapTestClient, SmtpSink, make_mail, parse_mail
+from servers import Dovecot, ImapTestClient, SmtpSink, free_port, make_mail, parse_mail
 
 # -- Dovecot ---------------------------------------------------------------------------------
+
+
+def test_free_port_never_hands_out_a_port_twice() -> None:
+    """Dovecot takes two ports at once; a repeat made it fail with "duplicate listener"
+    (3 in 20,000 pairs). 5,000 draws from the OS's ephemeral range repeat almost surely."""
+    ports = [free_port() for _ in range(5000)]
+    assert len(set(ports)) == len(ports)
 
 
 def test_append_and_fetch_round_trip_over_plain_imap(imap_client: ImapTestClient) -> None:
