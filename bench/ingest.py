@@ -435,7 +435,7 @@ THREAD_RULE = {  # how each stored kind joins its ticket (Message.thread_rule)
 }
 # Kinds mailtick ignores: moved to Processed, never stored, no ticket. A bounce names the
 # Message-ID of the mail it returns, and mailtick only records reports about its own sent
-# mail (bounces.py). The acknowledgements' Message-IDs are made by mailtick at run time, so
+# mail (record/report.py). The acknowledgements' Message-IDs are made by mailtick at run time, so
 # a corpus built ahead cannot bounce a real one: its bounces are backscatter (an invented
 # .MT@example.com Message-ID), which mailtick must ignore.
 IGNORED_KINDS = frozenset({"bounce"})

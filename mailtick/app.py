@@ -21,10 +21,10 @@ from mailtick.ingest.watch import Counts, Watcher
 from mailtick.ingest.workers import ParsePool
 from mailtick.notify import Notifier, keep_alive
 from mailtick.pipeline import Pipeline, forget_stale_tries
+from mailtick.record.intake import Settings
 from mailtick.security import TokenSigner
 from mailtick.send import SendCounts, Sender
 from mailtick.store import Store
-from mailtick.tickets import RecordSettings
 
 log = logging.getLogger("mailtick")
 
@@ -58,15 +58,12 @@ class Daemon:
         )
         self.pipeline = Pipeline(
             store=self.store,
-            composer=self.composer,
-            settings=RecordSettings(
-                config.tickets.prefix,
-                config.tickets.reopen_days,
-                desk=make_desk(config, self.composer),
-                agent_language=config.tickets.default_language,
-                drift_action=config.drift.action,
-                drift_threshold=config.drift.threshold,
+            settings=Settings(
+                tickets=config.tickets,
+                drift=config.drift,
                 limits=config.limits,
+                composer=self.composer,
+                desk=make_desk(config, self.composer),
             ),
             max_bytes=config.tickets.max_mail_bytes,
             default_language=config.tickets.default_language,

@@ -18,7 +18,8 @@ from mailtick.app import Daemon
 from mailtick.config import Config
 from mailtick.ingest.classify import Disposition
 from mailtick.ingest.parse import parse
-from mailtick.tickets import Recorded, record
+from mailtick.record.intake import Intake, Recorded
+from mailtick.record.stage import record
 
 
 def phone_mail(config: Config, customer: str, subject: str, body: str) -> bytes:
@@ -40,15 +41,9 @@ async def open_for_customer(config: Config, customer: str, subject: str, body: s
     await daemon.open()
     try:
         mail = parse(phone_mail(config, customer, subject, body), config.tickets.default_language)
-        recorded = await daemon.store.run(
-            record,
-            daemon.store.db,
-            None,
-            mail,
-            Disposition(automatic=False, reason="phone"),
-            daemon.pipeline.settings,
-            daemon.composer,
-        )
+        phoned = Disposition(automatic=False, reason="phone")
+        intake = Intake.of(None, mail, phoned, daemon.pipeline.settings)
+        recorded = await daemon.store.run(record, daemon.store.db, intake)
         await daemon.sender.drain()
         return recorded
     finally:

@@ -33,15 +33,15 @@ from pathlib import Path
 
 import peewee as pw
 
-from mailtick.answers import Composer
 from mailtick.db import Attempt, Message, is_connection_error, utcnow, write_transaction
 from mailtick.ingest.classify import classify
 from mailtick.ingest.workers import Parsed, ParsePool, parse_many
 from mailtick.mail import ParsedMail, RawMail
 from mailtick.outcomes import Ignored, Rejected, Transient
 from mailtick.quarantine import add_quarantine
+from mailtick.record.intake import Intake, Recorded, Settings
+from mailtick.record.stage import record_mail
 from mailtick.store import Store
-from mailtick.tickets import Recorded, RecordSettings, record_mail
 
 log = logging.getLogger("mailtick.ingest")
 
@@ -68,8 +68,7 @@ class Verdict:
 @dataclass
 class Pipeline:
     store: Store
-    composer: Composer
-    settings: RecordSettings
+    settings: Settings
     max_bytes: int
     default_language: str
     outbox_changed: Callable[[], None]  # wakes the sender after a commit that queued mail
@@ -97,10 +96,6 @@ class Pipeline:
         outcome of each mail too big to download (it was not parsed)."""
         results = iter(parsed_whole)
         return [next(results) if raw.complete else _too_big(raw, self.max_bytes) for raw in raws]
-
-    async def process(self, raws: Sequence[RawMail]) -> list[Action]:
-        """Handle one batch; returns one Action per mail, in order."""
-        return await self.commit(raws, await self.prepare(raws))
 
     async def commit(self, raws: Sequence[RawMail], parsed: list[Parsed] | None) -> list[Action]:
         """Record a batch (parsed by `prepare`, or here); one Action per mail, in order.
@@ -225,7 +220,7 @@ class Pipeline:
         try:
             disposition = classify(mail, self.max_bytes)
             with db.atomic():  # a savepoint: this mail's rows, or none of them
-                recorded = record_mail(raw, mail, disposition, self.settings, self.composer)
+                recorded = record_mail(Intake.of(raw, mail, disposition, self.settings))
         except Ignored as exc:
             return Verdict(Action.ACK, mail.message_id, "ignored", exc.reason)
         except Rejected as exc:

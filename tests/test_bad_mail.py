@@ -116,7 +116,7 @@ class Outcome:
     quarantined: dict[int, str]  # UID -> reason
     duplicates: set[int]  # acknowledged as a second delivery of a recorded Message-ID
     lost: dict[int, bytes]  # neither: the bug this file is about
-    # acknowledged as a delivery report about no mail of ours (bounces.py): acked, not stored
+    # acknowledged as a delivery report about no mail of ours (record/report.py): acked, not stored
     backscatter: set[int] = field(default_factory=set)
 
 

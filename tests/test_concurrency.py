@@ -8,10 +8,12 @@ from multiprocessing.synchronize import Event
 from servers import make_mail
 
 from mailtick.answers import Composer
+from mailtick.config import DriftConfig, LimitsConfig, TicketsConfig
 from mailtick.db import Message, Outbox, Ticket, open_database
 from mailtick.ingest.classify import classify
 from mailtick.ingest.parse import parse
-from mailtick.tickets import RecordSettings, record
+from mailtick.record.intake import Intake, Settings
+from mailtick.record.stage import record
 
 PER_PROCESS = 60
 
@@ -19,7 +21,7 @@ PER_PROCESS = 60
 def _create_tickets(url: str, worker: int, start: Event, shared_raw: bytes) -> None:
     db = open_database(url)
     composer = Composer("Support <support@example.com>", "MT", "en")
-    settings = RecordSettings("MT", 30)
+    settings = Settings(TicketsConfig(), DriftConfig(), LimitsConfig(), composer)
     mails = [
         parse(
             make_mail(from_addr=f"w{worker}n{n}@customer.example", subject=f"Request {worker}/{n}")
@@ -29,10 +31,10 @@ def _create_tickets(url: str, worker: int, start: Event, shared_raw: bytes) -> N
     shared = parse(shared_raw)
     start.wait(10)
     for n, mail in enumerate(mails):
-        record(db, None, mail, classify(mail, 10**7), settings, composer)
+        record(db, Intake.of(None, mail, classify(mail, 10**7), settings))
         if n == PER_PROCESS // 2:  # both processes race to store the same mail
             try:
-                record(db, None, shared, classify(shared, 10**7), settings, composer)
+                record(db, Intake.of(None, shared, classify(shared, 10**7), settings))
             except Exception as exc:
                 assert "duplicate Message-ID" in str(exc), exc
     db.close()

@@ -9,11 +9,13 @@ import pytest
 from servers import make_mail
 
 from mailtick.answers import Composer
+from mailtick.config import DriftConfig, LimitsConfig, TicketsConfig
 from mailtick.db import Message, Ticket, open_database
 from mailtick.ingest.classify import classify
 from mailtick.ingest.parse import parse
 from mailtick.inspect import describe_mail, parse_command
-from mailtick.tickets import RecordSettings, record
+from mailtick.record.intake import Intake, Settings
+from mailtick.record.stage import record
 
 OUTLOOK_DE = """\
 Hallo Frau Schneider,
@@ -101,14 +103,9 @@ def database(tmp_path: Path) -> tuple[str, Ticket, str]:
     url = f"sqlite:///{tmp_path}/x.db"
     db = open_database(url)
     first = parse(make_mail(subject="Mails kommen nicht an", body="Seit heute kommt nichts an."))
-    recorded = record(
-        db,
-        None,
-        first,
-        classify(first, 10**7),
-        RecordSettings("MT", 30),
-        Composer("Support <support@example.com>", "MT", "de"),
-    )
+    composer = Composer("Support <support@example.com>", "MT", "de")
+    settings = Settings(TicketsConfig(), DriftConfig(), LimitsConfig(), composer)
+    recorded = record(db, Intake.of(None, first, classify(first, 10**7), settings))
     ticket = Ticket.get(Ticket.number == recorded.ticket_number)
     db.close()
     return url, ticket, first.message_id

@@ -5,7 +5,7 @@ message/delivery-status part and the returned mail or its headers) and the commo
 plain-text bounces (qmail, older Exim, Exchange, "Undelivered Mail" from a
 MAILER-DAEMON or with a null Return-Path). The result names the Message-IDs the
 report may be about, the returned mail's first; which of them is ours is for the
-database to say (bounces.py). Uses the stdlib email package on the raw bytes.
+database to say (record/report.py). Uses the stdlib email package on the raw bytes.
 """
 
 from __future__ import annotations

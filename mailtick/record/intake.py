@@ -1,0 +1,86 @@
+"""Stage `record`: the one value every record step reads (Intake) and what a step returns. Nothing.
+
+An Intake is built once per mail, before the step table runs: the raw and parsed
+mail, what classify decided, the time, the settings and who wrote it (identify).
+Steps never change it; what they write goes through `intake.ledger`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from mailtick.answers import Composer
+from mailtick.config import DriftConfig, LimitsConfig, TicketsConfig
+from mailtick.db import utcnow
+from mailtick.identify import Desk, Identity
+from mailtick.ingest.classify import Disposition
+from mailtick.mail import ParsedMail, RawMail
+from mailtick.record.ledger import Ledger
+from mailtick.threading.resolve import Lookup
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What recording needs of the configuration: its sections, not copies of their values."""
+
+    tickets: TicketsConfig
+    drift: DriftConfig
+    limits: LimitsConfig
+    composer: Composer
+    desk: Desk | None = None  # the agents and their reply tokens; None: no agents configured
+
+    @property
+    def prefix(self) -> str:
+        return self.tickets.prefix
+
+    @property
+    def agent_language(self) -> str:
+        """The language of mails to agents."""
+        return self.tickets.default_language
+
+
+@dataclass(frozen=True)
+class Intake:
+    """One mail on its way into the ledger."""
+
+    raw: RawMail | None  # None: not from a mailbox (`mailtick new`)
+    mail: ParsedMail
+    disposition: Disposition
+    settings: Settings
+    identity: Identity  # a verified agent, or a customer (with a warning when it claims more)
+    ledger: Ledger
+    lookup: Lookup  # the tickets holding the Message-IDs the mail names, asked once
+    now: datetime
+
+    @classmethod
+    def of(
+        cls,
+        raw: RawMail | None,
+        mail: ParsedMail,
+        disposition: Disposition,
+        settings: Settings,
+    ) -> Intake:
+        desk = settings.desk
+        identity = desk.identify(mail) if desk is not None else Identity(None, None)
+        now = utcnow()
+        ledger = Ledger(now, settings.prefix, settings.limits)
+        lookup = Lookup(mail, settings.prefix)
+        return cls(raw, mail, disposition, settings, identity, ledger, lookup, now)
+
+    @property
+    def composer(self) -> Composer:
+        return self.settings.composer
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """What the step that handled the mail did, for the pipeline's log line."""
+
+    ticket_number: str
+    new_ticket: bool
+    rule: str
+    reopened: bool = False
+    queued_mail: bool = False  # mail waits in the outbox (an acknowledgement, a notification, ...)
+    flag: str = ""  # why the mail is suspicious, for the log line
+    agent: str = ""  # the verified agent who wrote it
