@@ -55,6 +55,8 @@ class Desk:
 
     def identify(self, mail: ParsedMail) -> Identity:
         claimed = self.agent_by_address(mail.from_addr)
+        if mail.from_problem:
+            return Identity(None, None, f"ambiguous From: {mail.from_problem}")
         check = self.signer.verify(
             recipients(mail), self.support_addr, [a.name for a in self.agents]
         )
@@ -75,7 +77,8 @@ class Desk:
         if self.authserv_id and dmarc_failed(
             mail.header_values("Authentication-Results"), self.authserv_id, domain
         ):
-            return Identity(None, None, f"DMARC failed for agent {owner.name}'s domain {domain}")
+            why = f"DMARC failed for agent {owner.name}'s domain {domain}, or judged another From"
+            return Identity(None, None, why)
         return Identity(owner, check.token)
 
 

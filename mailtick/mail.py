@@ -45,7 +45,7 @@ class ParsedMail:
     message_id: str  # with angle brackets; synthesised from a hash when the mail has none
     subject: str
     from_name: str
-    from_addr: str  # lower-cased addr-spec
+    from_addr: str  # lower-cased addr-spec: the one in angle brackets, as mail clients show it
     to: tuple[str, ...]
     cc: tuple[str, ...]
     date: datetime | None
@@ -57,6 +57,9 @@ class ParsedMail:
     headers: dict[str, str] = field(default_factory=dict)  # lower-cased name -> first value
     defects: tuple[str, ...] = ()
     header_list: tuple[tuple[str, str], ...] = ()  # every (lower-cased name, value), in order
+    from_problem: str = (
+        ""  # why the From can be read two ways ("": it cannot); such a From never acts
+    )
 
     def header(self, name: str) -> str:
         return self.headers.get(name.lower(), "")

@@ -210,7 +210,8 @@ _PAIR = re.compile(
 
 def dmarc_failed(authentication_results: Iterable[str], authserv_id: str, domain: str) -> bool:
     """True when a header from `authserv_id` (case-insensitive; "" trusts none) has dmarc=fail
-    or dmarc=permerror for header.from=`domain` (or without header.from: it is the From domain).
+    or dmarc=permerror for header.from=`domain` (or without header.from: it is the From domain),
+    or any DMARC result for another header.from: the MTA read a different From than we did.
 
     Headers from any other authserv-id are ignored: senders can add their own. Our MTA must
     remove incoming headers that carry its id (RFC 8601 section 5). Never raises on garbage.
@@ -239,10 +240,12 @@ def _result_fails(resinfo: str, domain: str) -> bool:
     if not pairs:
         return False
     method, result = pairs[0]
-    if method.split("/")[0] != "dmarc" or result not in DMARC_FAILURES:
+    if method.split("/")[0] != "dmarc":
         return False
     from_domains = [_domain(value) for key, value in pairs[1:] if key == "header.from"]
-    return not from_domains or domain in from_domains
+    if from_domains and domain not in from_domains:
+        return True  # a parser differential: the MTA judged another From domain
+    return result in DMARC_FAILURES
 
 
 def _pairs(resinfo: str) -> list[tuple[str, str]]:

@@ -334,8 +334,11 @@ MX = "mx.example.net"
         (f"{MX}; dmarc=temperror header.from=example.com", False),
         (f"{MX}; dmarc=none header.from=example.com", False),
         (f"{MX}; dmarc=bestguesspass header.from=example.com", False),
-        (f"{MX}; dmarc=fail header.from=example.org", False),
-        (f"{MX}; dmarc=fail header.from=sub.example.com", False),
+        # our MTA judged another From domain than the one we read: a parser differential
+        (f"{MX}; dmarc=fail header.from=example.org", True),
+        (f"{MX}; dmarc=fail header.from=sub.example.com", True),
+        (f"{MX}; dmarc=pass header.from=evil.example", True),
+        (f"{MX}; dmarc=none header.from=evil.example", True),
         (f"{MX}; spf=fail smtp.mailfrom=example.com; dkim=fail header.d=example.com", False),
         (f"{MX}; none", False),
         ("evil.example; dmarc=fail header.from=example.com", False),  # not our server
@@ -358,7 +361,9 @@ def test_comments_folding_and_odd_spacing() -> None:
         ' header.from (the author) = "Example.COM"'
     )
     assert dmarc_failed([header], MX.upper(), "EXAMPLE.com")
-    assert not dmarc_failed([header], MX, "example.org")
+    assert dmarc_failed([header], MX, "example.org")  # judged another From: refused too
+    passed = header.replace("= fail (p=", "= pass (p=")
+    assert not dmarc_failed([passed], MX, "example.com")
 
 
 def test_only_headers_of_the_configured_server_count() -> None:

@@ -13,7 +13,7 @@ import binascii
 import email.errors
 import hashlib
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from email.header import decode_header, make_header
 from email.message import Message
 from email.utils import getaddresses, parseaddr, parsedate_to_datetime
@@ -40,7 +40,7 @@ def parse(raw: bytes, default_language: str = "en") -> ParsedMail:
     except Exception as exc:  # mail-parser raises many kinds on broken input
         raise Rejected(f"unparseable mail: {type(exc).__name__}: {exc}") from exc
     message: Message = parsed.message
-    from_name, from_addr = _from(message)
+    from_name, from_addr, from_problem = read_from(message.get_all("From", []))
     text = _text(parsed)
     header_list = tuple((k.lower(), clean_header(v)) for k, v in message.items())
     return ParsedMail(
@@ -60,6 +60,7 @@ def parse(raw: bytes, default_language: str = "en") -> ParsedMail:
         headers=dict(reversed(header_list)),
         defects=tuple(str(d) for d in parsed.defects),
         header_list=header_list,
+        from_problem=from_problem,
     )
 
 
@@ -86,9 +87,33 @@ def _undecoded(value: Any) -> str:
     return " ".join(_CONTROL.sub(" ", str(value)).split())
 
 
-def _from(message: Message) -> tuple[str, str]:
-    name, addr = parseaddr(_undecoded(message.get("From", "")))
-    return clean_header(name), addr.strip().lower()
+_NAMED_ADDRESS = re.compile(r"[^\s<>\"'(),;:]+@[^\s<>\"'(),;:]+")
+_ANGLED = re.compile(r"<\s*([^<>\s@]+@[^<>\s]+?)\s*>")
+
+
+def read_from(values: Sequence[Any]) -> tuple[str, str, str]:
+    """(display name, address, problem) of the From header(s). The address is the one in
+    angle brackets, which mail clients show and DMARC judges; `problem` says why the header
+    can be read as another address as well ("" when it cannot): several addresses or From
+    headers, an address as display name, or a parser that reads a different address."""
+    raw = _undecoded(values[0]) if values else ""
+    name, addr = parseaddr(raw)
+    angled = _ANGLED.findall(raw)
+    chosen = (angled[0] if len(angled) == 1 else addr).strip().lower()
+    name = clean_header(name)
+    return name, chosen, _from_problem(values, raw, name, addr.strip().lower(), chosen)
+
+
+def _from_problem(values: Sequence[Any], raw: str, name: str, parsed: str, chosen: str) -> str:
+    if len(values) > 1:
+        return f"{len(values)} From headers"
+    if len([a for _, a in getaddresses([raw]) if "@" in a]) > 1 or len(_ANGLED.findall(raw)) > 1:
+        return "From names several addresses"
+    if parsed != chosen:
+        return f"From reads as {parsed} or {chosen}"
+    if any(other.lower() != chosen for other in _NAMED_ADDRESS.findall(name)):
+        return f"From's display name is another address than {chosen}"
+    return ""
 
 
 def _addresses(values: Iterable[Any]) -> tuple[str, ...]:

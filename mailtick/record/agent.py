@@ -11,6 +11,7 @@ nothing else: no relay, no commands, no mail to anyone.
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Callable
 from datetime import timedelta
@@ -26,9 +27,12 @@ from mailtick.identify import Desk
 from mailtick.ingest.quotes import split_reply
 from mailtick.outcomes import Rejected
 from mailtick.record.intake import Intake, Recorded
+from mailtick.record.leaks import cut_leaks
 from mailtick.record.ledger import Filing, follow_merges, last_customer_message
 from mailtick.record.letters import split_notice, to_agent
 from mailtick.record.topic import split_off
+
+log = logging.getLogger("mailtick.ingest")
 
 _MSGID = re.compile(r"<[^<>\s]+>")
 
@@ -159,7 +163,21 @@ class Acting:
         self.event("note", f"by {self.agent.name}")
 
     def relay(self, text: str) -> None:
-        """The agent's answer goes to the customer from the support address."""
+        """The agent's answer goes to the customer from the support address, cut before
+        anything that would leak our reply addresses or the agent's own (leaks.py)."""
+        cut = cut_leaks(text, self.desk.support_addr, self.agent.addresses)
+        if cut.reason:
+            self.event("relay-cut", f"{self.agent.name}'s answer cut: {cut.reason}")
+            log.warning(
+                "relay cut on %s#%s: %s",
+                self.intake.settings.prefix,
+                self.ticket.number,
+                cut.reason,
+            )
+        if not cut.text.strip():
+            self.event("not-relayed", "nothing of the answer was left to relay")
+            return
+        text = cut.text
         last = last_customer_message(self.ticket)
         display = _name(self.agent)
         composer = self.intake.composer

@@ -78,21 +78,28 @@ def file_mail(intake: Intake) -> Filed:
 # -- who may write into a ticket ------------------------------------------------------------
 
 
-def is_participant(ticket: Ticket, addr: str, desk: Desk | None) -> bool:
-    """The requester, customers copied in, and the agents may write into a ticket."""
-    if desk is not None and desk.agent_by_address(addr) is not None:
-        return True
+def is_participant(ticket: Ticket, addr: str) -> bool:
+    """The requester and the customers copied in may write into a ticket. Agents act
+    through their reply tokens (step `agent`): an agent's From alone is nobody's."""
     query = Participant.select(Participant.id).where(
         (Participant.ticket == ticket) & (Participant.address == addr)
     )
     return addr == ticket.requester or bool(query.exists())
 
 
+def trusted_sender(intake: Intake) -> bool:
+    """A From that may count as a participant and add others: not an agent's address
+    without its token, not a From that reads two ways."""
+    desk, mail = intake.settings.desk, intake.mail
+    claims_agent = desk is not None and desk.agent_by_address(mail.from_addr) is not None
+    return not claims_agent and not mail.from_problem
+
+
 def participants_only(decision: Decision, intake: Intake) -> Decision:
     """A mail from a stranger never lands in someone else's ticket: it opens a new
     ticket linked to the one it named, whose owner is told."""
     ticket, sender = decision.ticket, intake.mail.from_addr
-    if ticket is None or is_participant(ticket, sender, intake.settings.desk):
+    if ticket is None or (trusted_sender(intake) and is_participant(ticket, sender)):
         return decision
     detail = f"{decision.rule} {decision.detail}: {sender} is not a participant"
     return Decision(None, "new", detail, link_to=int(ticket.id), outsider_of=ticket)
@@ -101,8 +108,10 @@ def participants_only(decision: Decision, intake: Intake) -> Decision:
 def new_participants(ticket: Ticket, intake: Intake, new: bool) -> set[str]:
     """The requester of a new ticket and every customer address a participant copied in."""
     mail, desk = intake.mail, intake.settings.desk
-    ours = desk.addresses() if desk is not None else set()
     wanted = {mail.from_addr} if new else set()
+    if not trusted_sender(intake):
+        return wanted  # a forged agent may not let anyone else in
+    ours = desk.addresses() if desk is not None else set()
     wanted |= {addr for addr in (*mail.to, *mail.cc) if addr not in ours and not _ours(addr, desk)}
     if not new and wanted:
         wanted -= {p.address for p in Participant.select().where(Participant.ticket == ticket)}

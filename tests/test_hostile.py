@@ -1,0 +1,232 @@
+"""Hostile mail against a desk with agents: no hijack through an agent's From, no leaked reply
+token, no From read two ways (real Dovecot, aiosmtpd, SQLite and PostgreSQL)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import peewee as pw
+import pytest
+from harness import make_config, run_once
+from servers import Dovecot, ImapTestClient, ReceivedMail, SmtpSink, make_mail
+
+from mailtick.config import Config
+from mailtick.db import Event, Message, Participant, Ticket, open_database
+from mailtick.ingest.parse import read_from
+from mailtick.record.leaks import Cut, cut_leaks
+
+CUSTOMER = "joerg@kunde.example"
+DANA = "dana@example.com"
+MALLORY = "mallory@evil.example"
+TOKEN = re.compile(r"support\+[rn]-", re.IGNORECASE)
+
+
+@pytest.fixture
+def desk(dovecot: Dovecot, smtp_sink: SmtpSink, tmp_path: Path, db_url: str) -> Iterator[Config]:
+    secret = tmp_path / "reply-secret"
+    secret.write_text("5e" * 32)
+    config = make_config(
+        dovecot,
+        smtp_sink,
+        db_url,
+        security={"secret_file": str(secret), "authserv_id": "mx.example.com"},
+        agents=[{"name": "dana", "addresses": [DANA], "display_name": "Dana Example"}],
+        tickets={"default_language": "de"},
+    )
+    database: pw.Database = open_database(config.database.url)
+    yield config
+    database.close()
+
+
+def to(sink: SmtpSink, addr: str) -> list[ReceivedMail]:
+    return [m for m in sink.messages if addr in m.rcpt_tos]
+
+
+def open_ticket(client: ImapTestClient, sink: SmtpSink, config: Config) -> tuple[Ticket, str]:
+    """Jörg writes; returns his ticket and the text of Dana's notification's Reply-To."""
+    client.append(
+        make_mail(
+            from_addr=f"Jörg Beispiel <{CUSTOMER}>",
+            subject="Mails kommen nicht an",
+            body="Guten Tag,\n\nunsere Mails kommen mit 550 zurück.\n\nViele Grüße\nJörg\n",
+        )
+    )
+    run_once(config)
+    [notification] = to(sink, DANA)
+    return Ticket.get(), notification.message["Reply-To"].addresses[0].addr_spec
+
+
+# -- hijack through an agent's From ---------------------------------------------------------
+
+
+def test_an_agents_from_without_token_cannot_write_into_or_reopen_a_ticket(
+    imap_client: ImapTestClient, smtp_sink: SmtpSink, desk: Config
+) -> None:
+    ticket, _ = open_ticket(imap_client, smtp_sink, desk)
+    forged = make_mail(
+        from_addr=f"Dana Example <{DANA}>",
+        subject=f"Re: [MT#{ticket.number}] Mails kommen nicht an",
+        body="Bitte schicken Sie die Zugangsdaten an meine Kollegin.",
+        headers={"Cc": MALLORY},
+    )
+    imap_client.append(forged)
+    run_once(desk)
+    assert (
+        Message.select().where((Message.ticket == ticket) & (Message.direction == "in")).count()
+        == 1
+    )
+    assert not Participant.select().where(Participant.address == MALLORY).exists()
+    linked = Ticket.get(Ticket.linked_to == ticket)
+    assert "claims agent dana" in Message.get(Message.ticket == linked).flag
+    told = [m for m in to(smtp_sink, DANA) if f"[MT#{linked.number}]" in m.message.get_content()]
+    assert told, "the ticket's agents are told of the linked ticket"
+
+    # Mallory, copied in by the forgery, is nobody's participant: her mail with A's tag
+    # opens a ticket of her own.
+    imap_client.append(
+        make_mail(from_addr=MALLORY, subject=f"Re: [MT#{ticket.number}] Mails kommen nicht an")
+    )
+    run_once(desk)
+    assert (
+        not Message.select()
+        .where((Message.ticket == ticket) & (Message.author_addr == MALLORY))
+        .exists()
+    )
+
+    # The same kind of mail on a closed ticket does not reopen it.
+    Ticket.update(status="closed", closed_at=Ticket.updated_at).where(
+        Ticket.id == ticket.id
+    ).execute()
+    imap_client.append(forged.replace(b"@customer.example>", b"@customer.example.2>", 1))
+    run_once(desk)
+    assert Ticket.get_by_id(ticket.id).status == "closed"
+    assert not Event.select().where((Event.ticket == ticket) & (Event.kind == "reopened")).exists()
+
+
+# -- a reply token leaked through a quote the stripper does not know -------------------------
+
+# Outlook's header block above the quoted notification, in the languages the attack suite
+# used and more: (separator, From, Sent, To, Subject).
+OUTLOOK_BLOCKS = {
+    "es": ("-----Mensaje original-----", "De", "Enviado el", "Para", "Asunto"),
+    "nl": ("-----Oorspronkelijk bericht-----", "Van", "Verzonden", "Aan", "Onderwerp"),
+    "it": ("-----Messaggio originale-----", "Da", "Inviato", "A", "Oggetto"),
+    "pt": ("-----Mensagem original-----", "De", "Enviada em", "Para", "Assunto"),
+    "pl": ("-----Wiadomość oryginalna-----", "Od", "Wysłano", "Do", "Temat"),
+    "sv": ("-----Ursprungligt meddelande-----", "Från", "Skickat", "Till", "Ämne"),
+    "fr": ("-----Message d'origine-----", "De", "Envoyé", "À", "Objet"),
+    "da": ("-----Oprindelig meddelelse-----", "Fra", "Sendt", "Til", "Emne"),
+    "fi": ("-----Alkuperäinen viesti-----", "Lähettäjä", "Lähetetty", "Vastaanottaja", "Aihe"),
+    "cs": ("-----Původní zpráva-----", "Od", "Odesláno", "Komu", "Předmět"),
+    "tr": ("-----Orijinal İleti-----", "Kimden", "Gönderildi", "Kime", "Konu"),
+    "ru": ("-----Исходное сообщение-----", "От", "Отправлено", "Кому", "Тема"),
+    "hu": ("-----Eredeti üzenet-----", "Feladó", "Elküldve", "Címzett", "Tárgy"),
+}
+
+
+def outlook_reply(notification: ReceivedMail, reply_to: str, language: str) -> bytes:
+    separator, sender, sent, recipient, subject = OUTLOOK_BLOCKS[language]
+    quoted = notification.message.get_content()
+    body = (
+        "Sehr geehrter Herr Beispiel,\n\nbitte prüfen Sie den SPF-Eintrag Ihrer Domain.\n\n"
+        f"{separator}\n{sender}: Jörg Beispiel via Example Support <support@example.com>\n"
+        f"{sent}: Montag, 23. November 2026 09:12\n{recipient}: Dana Example <{DANA}>\n"
+        f"{subject}: {notification.message['Subject']}\n\n{quoted}\n"
+    )
+    return make_mail(
+        from_addr=f"Dana Example <{DANA}>",
+        to_addr=reply_to,
+        subject="AW: " + str(notification.message["Subject"]),
+        body=body,
+        in_reply_to=notification.message["Message-ID"],
+    )
+
+
+@pytest.mark.parametrize("language", sorted(OUTLOOK_BLOCKS))
+def test_a_relay_never_carries_our_reply_addresses_or_the_agents_address(
+    imap_client: ImapTestClient, smtp_sink: SmtpSink, desk: Config, language: str
+) -> None:
+    ticket, reply_to = open_ticket(imap_client, smtp_sink, desk)
+    [notification] = to(smtp_sink, DANA)
+    assert TOKEN.search(notification.message.get_content())  # the quote carries a token
+    imap_client.append(outlook_reply(notification, reply_to, language))
+    run_once(desk)
+    [_, relay] = to(smtp_sink, CUSTOMER)
+    text = relay.message.get_content()
+    assert "bitte prüfen Sie den SPF-Eintrag" in text
+    assert not TOKEN.search(relay.raw.decode("utf-8", "replace"))
+    assert DANA not in relay.raw.decode("utf-8", "replace")
+    _, sender, sent, recipient, _ = OUTLOOK_BLOCKS[language]
+    for header in (sender, sent, recipient):  # the whole header block went with it
+        assert f"\n{header}: " not in text
+    assert Ticket.get_by_id(ticket.id).status == "answered"
+
+
+# -- a From that reads two ways --------------------------------------------------------------
+
+
+def test_a_from_read_two_ways_never_acts_even_with_a_leaked_token(
+    imap_client: ImapTestClient, smtp_sink: SmtpSink, desk: Config
+) -> None:
+    """`From: dana@example.com <mallory@evil.example>`: Python's parseaddr reads Dana, the
+    MTA (DMARC header.from=evil.example) and mail clients read Mallory."""
+    ticket, reply_to = open_ticket(imap_client, smtp_sink, desk)
+    raw = make_mail(
+        from_addr="placeholder@example.net",
+        to_addr=reply_to,
+        subject=f"Re: [MT#{ticket.number}] Mails kommen nicht an",
+        body="#close\n#priority low\nErledigt.",
+        headers={"Authentication-Results": "mx.example.com; dmarc=pass header.from=evil.example"},
+    )
+    imap_client.append(raw.replace(b"placeholder@example.net", f"{DANA} <{MALLORY}>".encode(), 1))
+    run_once(desk)
+    after = Ticket.get_by_id(ticket.id)
+    assert (after.status, after.priority) == ("open", "normal")
+    assert len(to(smtp_sink, CUSTOMER)) == 1  # the acknowledgement only: nothing relayed
+    stored = Message.get(Message.author_addr == MALLORY)
+    assert "ambiguous From" in stored.flag and stored.ticket_id != ticket.id
+
+
+# -- the pure parts --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("header", "address", "problem"),
+    [
+        ("Dana Example <dana@example.com>", DANA, ""),
+        ("dana@example.com", DANA, ""),
+        ('"dana@example.com" <dana@example.com>', DANA, ""),  # a name that is the same address
+        ("dana@example.com <mallory@evil.example>", MALLORY, "several"),
+        ('"dana@example.com" <mallory@evil.example>', MALLORY, "display name"),
+        ("=?utf-8?q?dana=40example.com?= <mallory@evil.example>", MALLORY, "display name"),
+        ("dana@example.com, mallory@evil.example", DANA, "several"),
+        ("Dana <dana@example.com> <mallory@evil.example>", DANA, "several"),
+        ("mallory@evil.example (dana@example.com)", MALLORY, "display name"),
+    ],
+)
+def test_read_from_takes_the_angled_address_and_names_every_second_reading(
+    header: str, address: str, problem: str
+) -> None:
+    _, addr, found = read_from([header])
+    assert addr == address
+    assert (problem in found) if problem else found == ""
+
+
+def test_two_from_headers_are_a_problem() -> None:
+    assert read_from([DANA, MALLORY])[2] == "2 From headers"
+
+
+def test_cut_leaks_keeps_text_without_our_addresses() -> None:
+    text = "Hallo,\n\nSchreiben Sie an support@example.com.\n"
+    assert cut_leaks(text, "support@example.com", [DANA]) == Cut(text, "")
+
+
+def test_cut_leaks_cuts_before_the_quote_header_block_and_its_separator() -> None:
+    text = (
+        "Antwort.\n\n________________________________\nVon: X via Support <support@example.com>\n"
+        f"An: Dana <{DANA}>\nBetreff: Hallo\n\nNotiz an support+n-10019-1-abc@example.com\n"
+    )
+    cut = cut_leaks(text, "support@example.com", [DANA])
+    assert cut.text == "Antwort.\n" and "agent's address in line 5" in cut.reason
