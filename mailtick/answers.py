@@ -20,6 +20,7 @@ from email.message import Message
 from email.mime.base import MIMEBase
 from email.mime.multipart import MIMEMultipart
 from email.utils import format_datetime, formataddr, make_msgid, parseaddr
+from urllib.parse import quote
 
 import jinja2
 
@@ -151,12 +152,23 @@ def usable_address(addr: str) -> bool:
     return bool(_ADDR_SPEC.match(addr)) and len(addr) <= 254
 
 
-def address_header(addr: str, name: str) -> str:
+MAX_DISPLAY_NAME = 64  # characters of a display name we write; longer ones end in "…"
+
+
+def address_header(addr: str, name: str) -> str | Header:
     """`Name <addr>` from untrusted parts. An address that is not a plain addr-spec is
-    refused (ValueError); the name is cleaned and encoded by formataddr."""
+    refused (ValueError). The name is cleaned, cut to MAX_DISPLAY_NAME characters, and a
+    non-ASCII one RFC 2047-encoded in words that fold (no line over 78 octets)."""
     if not usable_address(addr):
         raise ValueError(f"not a usable mail address: {addr!r}")
-    return formataddr((" ".join(_CONTROL.sub(" ", name).split()), addr), charset=_UTF8)
+    clean = " ".join(_CONTROL.sub(" ", name).split())
+    if len(clean) > MAX_DISPLAY_NAME:
+        clean = clean[: MAX_DISPLAY_NAME - 1].rstrip() + "…"
+    if clean.isascii():
+        return formataddr((clean, addr))
+    header = Header(clean, _UTF8, maxlinelen=76)
+    header.append(f"<{addr}>", "us-ascii")
+    return header
 
 
 def render_mail(
@@ -184,5 +196,25 @@ def _attachment(item: Attachment) -> MIMEBase:
     part.set_payload(item.data)
     encoders.encode_base64(part)
     name = " ".join(_CONTROL.sub(" ", item.filename).split()) or "attachment"
-    part.add_header("Content-Disposition", "attachment", filename=("utf-8", "", name))
+    part["Content-Disposition"] = disposition(name)
     return part
+
+
+def disposition(filename: str) -> str:
+    """`attachment` with the file name as RFC 2231 continuations (filename*0*=utf-8''…;
+    filename*1*=…), one short line each: a long or non-ASCII name never makes a line
+    longer than 998 octets, which SMTP servers refuse."""
+    encoded = quote(filename.encode(), safe="")
+    chunks: list[str] = []
+    while encoded:
+        cut = min(_CHUNK, len(encoded))
+        while cut < len(encoded) and "%" in encoded[cut - 2 : cut]:
+            cut -= 1  # never split a %XX
+        chunks.append(encoded[:cut])
+        encoded = encoded[cut:]
+    params = [f"filename*{n}*={chunk}" for n, chunk in enumerate(chunks)]
+    params[0] = params[0].replace("*=", "*=utf-8''", 1)
+    return ";\n ".join(["attachment", *params])
+
+
+_CHUNK = 60  # percent-encoded characters per filename*N* line

@@ -26,7 +26,7 @@ def phone_mail(config: Config, customer: str, subject: str, body: str) -> bytes:
     """The call as a mail from the customer; `address_header` refuses a bad address."""
     support = Daemon.support_address(config)
     msg = EmailMessage(policy=SMTP)
-    msg["From"] = address_header(customer.strip().lower(), "")
+    msg["From"] = str(address_header(customer.strip().lower(), ""))
     msg["To"] = support
     msg["Subject"] = str(text_header(subject))
     msg["Date"] = format_datetime(datetime.now(UTC), usegmt=True)

@@ -230,3 +230,81 @@ def test_cut_leaks_cuts_before_the_quote_header_block_and_its_separator() -> Non
     )
     cut = cut_leaks(text, "support@example.com", [DANA])
     assert cut.text == "Antwort.\n" and "agent's address in line 5" in cut.reason
+
+
+# -- headers we write stay within the line limit (RFC 5321: 998 octets) ---------------------
+
+
+def test_a_long_japanese_name_and_a_long_umlaut_file_name_still_reach_everyone(
+    imap_client: ImapTestClient, smtp_sink: SmtpSink, desk: Config
+) -> None:
+    """aiosmtpd refuses a line over 1,001 octets with "500 Line too long", as Postfix does."""
+    name = "山田太郎" * 40  # 160 characters
+    filename = "ä" * 190 + ".pdf"  # 1,140 octets percent-encoded
+    imap_client.append(
+        make_mail(
+            from_addr=f'"{name}" <taro@kunde.example>',
+            subject="Rechnung fehlt",
+            attachments=[(filename, "application/pdf", b"%PDF-1.4 x")],
+        )
+    )
+    run_once(desk)
+    [ack] = to(smtp_sink, "taro@kunde.example")
+    [notification] = to(smtp_sink, DANA)
+    for mail in (ack, notification):
+        assert max(len(line) for line in mail.raw.splitlines()) <= 998
+    shown = notification.message["From"].addresses[0].display_name
+    assert shown.startswith("山田太郎山田") and len(shown) < 100  # a long name is cut, not refused
+    [attachment] = list(notification.message.iter_attachments())
+    assert attachment.get_filename() == filename
+
+
+# -- active and disguised attachments ---------------------------------------------------------
+
+SVG = (
+    b'<?xml version="1.0"?><svg xmlns="http://www.w3.org/2000/svg"><script>alert(1)</script></svg>'
+)
+HTML = b"<html><body><p>Rechnung</p><script>steal()</script></body></html>"
+
+
+def test_active_and_disguised_attachments_reach_agents_and_customers_inert(
+    imap_client: ImapTestClient, smtp_sink: SmtpSink, desk: Config
+) -> None:
+    imap_client.append(
+        make_mail(
+            from_addr=f"Jörg Beispiel <{CUSTOMER}>",
+            subject="Anhänge",
+            attachments=[
+                ("image.svg", "image/svg+xml", SVG),
+                ("page.html.", "application/octet-stream", HTML),
+                ("rechnung\u202efdp.exe", "application/pdf", b"MZ\x90\x00"),
+                ("scan.pdf", "application/pdf", HTML),  # HTML that calls itself a PDF
+            ],
+        )
+    )
+    run_once(desk)
+    [notification] = to(smtp_sink, DANA)
+    got = {a.get_filename(): a for a in notification.message.iter_attachments()}
+    assert set(got) == {"image.svg.txt", "page.html", "rechnungfdp.exe", "scan.pdf"}
+    assert got["image.svg.txt"].get_content_type() == "application/octet-stream"
+    for name in ("page.html", "scan.pdf"):
+        assert got[name].get_content_type() == "text/html"
+        assert b"<script" not in got[name].get_payload(decode=True)
+
+    reply_to = notification.message["Reply-To"].addresses[0].addr_spec
+    imap_client.append(
+        make_mail(
+            from_addr=f"Dana Example <{DANA}>",
+            to_addr=reply_to,
+            subject="Re: " + str(notification.message["Subject"]),
+            body="Unser Logo anbei.",
+            attachments=[("logo.svg", "image/svg+xml", SVG)],
+        )
+    )
+    run_once(desk)
+    relay = to(smtp_sink, CUSTOMER)[-1]
+    [logo] = list(relay.message.iter_attachments())
+    assert (logo.get_filename(), logo.get_content_type()) == (
+        "logo.svg.txt",
+        "application/octet-stream",
+    )

@@ -184,6 +184,20 @@ _HTML_NAME = re.compile(r"\.(x?html?|shtml)$", re.IGNORECASE)
 HTML_FILE_HEAD = '<!DOCTYPE html>\n<meta charset="utf-8">\n'
 _PATH_SEPARATORS = re.compile(r"[/\\]")
 _MAX_NAME = 200
+# Bidirectional and invisible format characters: "rechnung\u202efdp.exe" shows as
+# "rechnungexe.pdf". None of them belongs in a file name.
+_FORMAT_CHARACTERS = re.compile("[\u061c\u200b-\u200f\u202a-\u202e\u2060-\u206f\ufeff]")
+# Types that can carry script and are not HTML (which is sanitised): passed on inert, as
+# application/octet-stream named ".txt", so no client renders them.
+_ACTIVE_TYPES = frozenset(
+    {"image/svg+xml", "text/xml", "application/xml", "application/xslt+xml", "text/javascript",
+     "application/javascript", "application/x-javascript", "application/hta", "message/rfc822x"}
+)  # fmt: skip
+_ACTIVE_NAME = re.compile(r"\.(svgz?|xml|xsl|xslt|js|mjs|hta|wsf|vbs|mht|mhtml)$", re.IGNORECASE)
+_HTML_START = re.compile(
+    rb"^\s*(<!--.*?-->\s*)*<(!doctype\s+html|html|head|body|script)\b", re.I | re.S
+)
+_ACTIVE_START = re.compile(rb"^\s*(<\?xml|<svg\b|<!doctype\s+svg)", re.IGNORECASE)
 
 
 @lru_cache(maxsize=1)
@@ -217,7 +231,8 @@ def safe_filename(name: str) -> str:
     """An attachment's name as a plain file name, never a path: RFC 2047 decoded, control
     characters (CR, LF, NUL ...) gone, only what follows the last / or \\, no leading dots,
     at most 200 characters (a short extension kept); "attachment" when nothing is left."""
-    base = _PATH_SEPARATORS.split(clean_header(name))[-1].strip().lstrip(". ")
+    plain = _FORMAT_CHARACTERS.sub("", clean_header(name))
+    base = _PATH_SEPARATORS.split(plain)[-1].strip().strip(". ")
     if len(base) > _MAX_NAME:
         stem, dot, extension = base.rpartition(".")
         short = dot and 0 < len(extension) <= 10
@@ -234,12 +249,30 @@ def _attachments(items: Iterable[dict[str, Any]]) -> Iterable[Attachment]:
         except (binascii.Error, ValueError):
             data = str(payload).encode()
         filename = safe_filename(str(item.get("filename") or ""))
-        content_type = str(item.get("mail_content_type") or "application/octet-stream")
-        if content_type.lower() in _HTML_TYPES or _HTML_NAME.search(filename):
-            charset = item.get("charset")
-            data = sanitize_html_file(data, str(charset) if charset else None)
-            content_type = "text/html"
-        yield Attachment(filename=filename, content_type=content_type, data=data)
+        content_type = str(item.get("mail_content_type") or "application/octet-stream").lower()
+        yield _defused(Attachment(filename, content_type, data), item.get("charset"))
+
+
+def _defused(item: Attachment, charset: Any) -> Attachment:
+    """HTML (by type, name or content) sanitised; other active content (SVG, XML, scripts,
+    by type, name or content) made inert: application/octet-stream with ".txt" added."""
+    head = item.data[:1024]
+    if (
+        item.content_type in _HTML_TYPES
+        or _HTML_NAME.search(item.filename)
+        or _HTML_START.match(head)
+    ):
+        data = sanitize_html_file(item.data, str(charset) if charset else None)
+        return Attachment(item.filename, "text/html", data)
+    if (
+        item.content_type in _ACTIVE_TYPES
+        or _ACTIVE_NAME.search(item.filename)
+        or _ACTIVE_START.match(head)
+    ):
+        return Attachment(
+            safe_filename(item.filename + ".txt"), "application/octet-stream", item.data
+        )
+    return item
 
 
 @lru_cache(maxsize=1)
