@@ -14,5 +14,9 @@ class DemoFailed(Exception):
     """An expectation of the script was not met, or the demo could not start."""
 
 
+class Interrupted(Exception):
+    """The daemon stopped on a signal (Ctrl-C, SIGTERM) before the script ended: not a failure."""
+
+
 def tag(number: str) -> str:
     return f"[{PREFIX}#{number}]"

@@ -20,7 +20,7 @@ from typing import Any, TextIO
 
 from mailtick.app import Daemon
 from mailtick.config import Config, load_config
-from mailtick.demo.common import HOST, PREFIX, SUPPORT, WAIT_SECONDS, DemoFailed
+from mailtick.demo.common import HOST, PREFIX, SUPPORT, WAIT_SECONDS, DemoFailed, Interrupted
 from mailtick.demo.guide import announce, keep_running_help, real_mailbox_help
 from mailtick.demo.printer import Printer, wants_color
 from mailtick.demo.script import SCRIPT, Step
@@ -42,14 +42,20 @@ class Plan:
 @dataclass
 class DemoResult:
     failure: str | None = None
+    interrupted: bool = False  # Ctrl-C (or SIGTERM) stopped the daemon before the script ended
     numbers: dict[str, str] = field(default_factory=dict)  # ticket key -> number
     tickets: list[dict[str, Any]] = field(default_factory=list)  # views.show_ticket, per ticket
     delivered: list[Delivered] = field(default_factory=list)  # every mail the SMTP server got
     seconds: float = 0.0
 
     @property
+    def state(self) -> str:
+        return "FAILED" if self.failure else "interrupted" if self.interrupted else "done"
+
+    @property
     def exit_code(self) -> int:
-        return 0 if self.failure is None else 1
+        """0 done, 1 failed, 130 interrupted (as the shell reports a Ctrl-C)."""
+        return 1 if self.failure else 130 if self.interrupted else 0
 
 
 @contextlib.asynccontextmanager
@@ -121,7 +127,7 @@ async def play(
     steps: Sequence[Step] = SCRIPT,
     wait_seconds: float = WAIT_SECONDS,
 ) -> DemoResult:
-    """Run the demo; the result says what happened (failure is None on success)."""
+    """Run the demo; the result says what happened (`state`, `failure`, `exit_code`)."""
     plan = Plan(steps, wait_seconds, keep_running)
     printer = Printer(out or sys.stdout, wants_color(out or sys.stdout))
     result = DemoResult()
@@ -133,10 +139,11 @@ async def play(
         except DemoFailed as exc:
             result.failure = str(exc)
             report_failure(err or sys.stderr, result.failure, root / "mailtick.log")
+        except Interrupted:
+            result.interrupted = True
         result.seconds = time.monotonic() - printer.started
         printer.line()
-        state = "FAILED" if result.failure else "done"
-        printer.line(f"mailtick demo {state} in {result.seconds:.1f} s; {root} removed.")
+        printer.line(f"mailtick demo {result.state} in {result.seconds:.1f} s; {root} removed.")
     return result
 
 
@@ -176,7 +183,7 @@ def report_failure(err: TextIO, failure: str, log_path: Path) -> None:
 
 
 def run_demo(keep_running: bool = False) -> int:
-    """`mailtick demo`: 0 when every expectation of the script held, 1 otherwise."""
+    """`mailtick demo`: 0 when every expectation held, 1 when one did not, 130 on Ctrl-C."""
     try:
         return asyncio.run(play(keep_running=keep_running)).exit_code
     except BrokenPipeError:  # `mailtick demo | head`: everything is stopped and removed by now

@@ -17,7 +17,7 @@ import peewee as pw
 from mailtick.app import Daemon
 from mailtick.config import Config
 from mailtick.db import Outbox
-from mailtick.demo.common import SUPPORT, WAIT_SECONDS, DemoFailed, tag
+from mailtick.demo.common import SUPPORT, WAIT_SECONDS, DemoFailed, Interrupted, tag
 from mailtick.demo.people import Customer
 from mailtick.demo.printer import Printer, mail_summary
 from mailtick.demo.servers import Delivered, ImapServer, SmtpSink, append_to_inbox
@@ -91,11 +91,16 @@ class Demo:
         return await self.wait_until(entry, f"{message_id} in {tag(number)}")
 
     def check_daemon(self) -> None:
+        """DemoFailed if the daemon died; Interrupted if its signal handler stopped it."""
         task = self.daemon_task
         if not task.done():
             return
-        error = None if task.cancelled() else task.exception()
-        raise DemoFailed(f"the daemon died: {error!r}" if error else "the daemon was stopped")
+        if task.cancelled():
+            raise DemoFailed("the daemon was cancelled")
+        error = task.exception()
+        if error is not None:
+            raise DemoFailed(f"the daemon died: {error!r}")
+        raise Interrupted("the daemon was stopped")  # only SIGINT/SIGTERM (or SIGHUP) do that
 
     async def wait_until(self, probe: Callable[[], Awaitable[T | None]], what: str) -> T:
         """Poll `probe` until it returns something; DemoFailed after `wait_seconds`."""
