@@ -33,6 +33,8 @@ def pending_mail(db: pw.Database) -> int:
 
 @dataclass
 class Demo:
+    """The running demo the script acts through: the servers, the daemon, what was sent."""
+
     printer: Printer
     imap: ImapServer
     smtp: SmtpSink
