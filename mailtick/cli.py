@@ -183,7 +183,7 @@ def cmd_tickets(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    from mailtick.views import show_ticket
+    from mailtick.views import render_ticket, show_ticket
 
     config = _load(args)
     number = args.number.rpartition("#")[2].strip("[] ")
@@ -196,58 +196,6 @@ def cmd_show(args: argparse.Namespace) -> int:
     else:
         print(render_ticket(detail, config.tickets.prefix))
     return 0
-
-
-def render_ticket(t: dict[str, Any], prefix: str) -> str:
-    lines = [
-        f"{prefix}#{t['number']}  {t['subject']}",
-        f"  status {t['status']}, priority {t['priority']}, owner {t['owner'] or '-'}, "
-        f"customer {t['requester_name']} <{t['requester']}>, "
-        f"opened {t['created_at']} ({t['age']} ago), {t['messages']} message(s)",
-    ]
-    if t["linked_to"]:
-        lines.append(f"  follows {prefix}#{t['linked_to']}")
-    if t["links"]:
-        lines.append("  continued in " + ", ".join(f"{prefix}#{n}" for n in t["links"]))
-    for b in t.get("bouncing", []):
-        lines.append(
-            f"  !! mail to {b['address']} bounces: {b['bounces']} bounce(s), "
-            f"last {b['last_bounce_at']}: {b['last_bounce']}"
-        )
-    for e in t["events"]:
-        lines.append(f"  {e['at']}  [{e['kind']}] {e['detail']}")
-    for m in t["thread"]:
-        arrow = "<-" if m["direction"] == "in" else "->"
-        if m["direction"] == "in":
-            rule = m["thread_rule"]
-            how = f"{m['kind']}, " + (
-                "opened the ticket" if rule == "new" else f"threaded by {rule}"
-            )
-        else:
-            how = "acknowledgement" if m["kind"] == "ack" else m["kind"]
-        name = f"{m['author_name']} " if m["author_name"] else ""
-        lines.append("")
-        lines.append(f"  {arrow} {m['at']}  {name}<{m['author']}>  ({how})")
-        lines.append(f"     Subject: {m['subject']}")
-        if m.get("flag"):
-            lines.append(f"     !! {m['flag']}")
-        if m.get("drift"):
-            d = m["drift"]
-            verdict = "new topic" if d["new_topic"] else "same topic"
-            lines.append(f"     topic: {verdict}, score {d['score']:.2f}, action {d['action']}")
-            lines.extend(f"       - {reason}" for reason in d["reasons"])
-        if "delivery" in m:
-            d = m["delivery"]
-            to = ", ".join(d["to"])
-            outcome = (
-                str(d["last_error"])  # "held: ticket-burst, ...": never tried
-                if d["status"] == "held"
-                else f"{d['status']} after {d['attempts']} attempt(s) {d['last_error']}"
-            )
-            lines.append(f"     to {to}: {outcome}".rstrip())
-        body = [ln for ln in m["text"].strip().splitlines()[:8]]
-        lines.extend(f"     | {ln}" for ln in body)
-    return "\n".join(lines)
 
 
 def cmd_init(args: argparse.Namespace) -> int:

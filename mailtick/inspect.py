@@ -42,7 +42,10 @@ DEFAULTS = TicketsConfig()
 
 
 def describe_mail(
-    raw: bytes, default_language: str = "en", *, max_bytes: int = DEFAULTS.max_mail_bytes
+    raw: bytes,
+    default_language: str = DEFAULTS.default_language,
+    *,
+    max_bytes: int = DEFAULTS.max_mail_bytes,
 ) -> dict[str, Any]:
     """Everything mailtick derives from one mail. Raises Rejected for a mail it cannot parse."""
     mail = parse(raw, default_language)

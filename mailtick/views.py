@@ -1,4 +1,4 @@
-"""Read-only views for the CLI (`tickets`, `show`): plain JSON-able dicts. Reads the database."""
+"""Read-only views of tickets (`tickets`, `show`, the demo): dicts and text. Reads the database."""
 
 from __future__ import annotations
 
@@ -133,3 +133,79 @@ def _message(message: Message, out: Outbox | None) -> dict[str, Any]:
             "last_error": out.last_error,
         }
     return entry
+
+
+# --- the text form: `mailtick show` and the demo print a ticket this way ------------------------
+
+
+def render_ticket(t: dict[str, Any], prefix: str) -> str:
+    """A show_ticket() dict as text: the head, the events, then every mail of the thread."""
+    lines = _ticket_head(t, prefix)
+    lines.extend(f"  {e['at']}  [{e['kind']}] {e['detail']}" for e in t["events"])
+    for m in t["thread"]:
+        lines.extend(_message_lines(m))
+    return "\n".join(lines)
+
+
+def _ticket_head(t: dict[str, Any], prefix: str) -> list[str]:
+    lines = [
+        f"{prefix}#{t['number']}  {t['subject']}",
+        f"  status {t['status']}, priority {t['priority']}, owner {t['owner'] or '-'}, "
+        f"customer {t['requester_name']} <{t['requester']}>, "
+        f"opened {t['created_at']} ({t['age']} ago), {t['messages']} message(s)",
+    ]
+    if t["linked_to"]:
+        lines.append(f"  follows {prefix}#{t['linked_to']}")
+    if t["links"]:
+        lines.append("  continued in " + ", ".join(f"{prefix}#{n}" for n in t["links"]))
+    for b in t.get("bouncing", []):
+        lines.append(
+            f"  !! mail to {b['address']} bounces: {b['bounces']} bounce(s), "
+            f"last {b['last_bounce_at']}: {b['last_bounce']}"
+        )
+    return lines
+
+
+def _message_lines(m: dict[str, Any]) -> list[str]:
+    """One mail of the thread: who and how, subject, flag, drift, delivery, the first lines."""
+    arrow = "<-" if m["direction"] == "in" else "->"
+    name = f"{m['author_name']} " if m["author_name"] else ""
+    lines = [
+        "",
+        f"  {arrow} {m['at']}  {name}<{m['author']}>  ({_how(m)})",
+        f"     Subject: {m['subject']}",
+    ]
+    if m.get("flag"):
+        lines.append(f"     !! {m['flag']}")
+    if m.get("drift"):
+        lines.extend(_drift_lines(m["drift"]))
+    if "delivery" in m:
+        lines.append(_delivery_line(m["delivery"]))
+    lines.extend(f"     | {ln}" for ln in m["text"].strip().splitlines()[:8])
+    return lines
+
+
+def _how(m: dict[str, Any]) -> str:
+    """An incoming mail's kind and threading rule; an outgoing mail's kind."""
+    if m["direction"] == "in":
+        rule = m["thread_rule"]
+        return f"{m['kind']}, " + ("opened the ticket" if rule == "new" else f"threaded by {rule}")
+    return "acknowledgement" if m["kind"] == "ack" else str(m["kind"])
+
+
+def _drift_lines(d: dict[str, Any]) -> list[str]:
+    verdict = "new topic" if d["new_topic"] else "same topic"
+    return [
+        f"     topic: {verdict}, score {d['score']:.2f}, action {d['action']}",
+        *(f"       - {reason}" for reason in d["reasons"]),
+    ]
+
+
+def _delivery_line(d: dict[str, Any]) -> str:
+    to = ", ".join(d["to"])
+    outcome = (
+        str(d["last_error"])  # "held: ticket-burst, ...": never tried
+        if d["status"] == "held"
+        else f"{d['status']} after {d['attempts']} attempt(s) {d['last_error']}"
+    )
+    return f"     to {to}: {outcome}".rstrip()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import tomllib
@@ -14,12 +15,18 @@ import pytest
 from mailtick.config import (
     REQUIRED,
     SCHEMA,
+    AgentConfig,
     Config,
     ConfigError,
+    ImapConfig,
     Key,
     Many,
     Section,
+    SecurityConfig,
+    SmtpConfig,
+    TlsSettings,
     describe,
+    field_default,
     load_config,
     parse_config,
 )
@@ -140,8 +147,125 @@ def test_example_shows_the_defaults() -> None:
             table = table[section]
             table = table[0] if isinstance(table, list) else table  # [[agents]]: the first
         default = list(key.default) if isinstance(key.default, tuple) else key.default
+        default = str(default) if isinstance(default, Path) else default  # as TOML writes it
         stated = f"# default {json.dumps(default)}" in lines[dotted]
         assert table[name] == default or stated, dotted
+
+
+# --- one source for every default: the section dataclasses ------------------------------------
+
+SECRET_ENV = {**EXAMPLE_ENV, "MAILTICK_REPLY_SECRET": "ab" * 32}
+DANA = {"name": "dana", "addresses": ["dana@example.com"]}
+PASSWORD_SOURCES = ("password", "password_file", "password_env")
+
+
+def loaded_example() -> Config:
+    """config.toml through the loader; the reply key from a variable, so that the documented
+    secret_file (kept as it is) needs no file."""
+    data = tomllib.loads(EXAMPLE.read_text())
+    data["security"]["secret_env"] = "MAILTICK_REPLY_SECRET"
+    return parse_config(data, env=SECRET_ENV, source=EXAMPLE)
+
+
+def loaded_defaults(security: str = "tls") -> Config:
+    """Only the required keys and one agent: every other value is the code's default."""
+    data = {**minimal(), "agents": [DANA], "security": {"secret_env": "MAILTICK_REPLY_SECRET"}}
+    for section in ("imap", "smtp"):
+        data[section] = {**data[section], "security": security}
+        if security == "none":
+            data[section]["host"] = "127.0.0.1"
+    return parse_config(data, env=SECRET_ENV)
+
+
+def value_at(config: Config, dotted: str) -> object:
+    """The loaded value of a documented key: "imap.tls.verify", "log.level", "agents.name"."""
+    if dotted == "log.level":
+        return config.log_level
+    found: object = config
+    for part in dotted.split("."):
+        found = getattr(found, part)
+        found = found[0] if isinstance(found, tuple) and part == "agents" else found
+    return found
+
+
+def documented_keys() -> Iterator[tuple[str, str]]:
+    """(dotted key, its comment) for every key config.toml sets, not the commented-out ones."""
+    section = ""
+    for line in EXAMPLE.read_text().splitlines():
+        if header := re.match(r"\[\[?([\w.]+)\]", line):
+            section = header[1]
+        elif key := re.match(r"(\w+)\s*=.*?#\s*(.*)$", line):
+            yield f"{section}.{key[1]}", key[2]
+
+
+def test_example_values_are_the_loaded_defaults_unless_it_says_otherwise() -> None:
+    """Every key config.toml sets either has the value the loader uses when the key is absent,
+    or states that default ("# default ..."), or is marked "(required)" and has none."""
+    example, defaults, schema = loaded_example(), loaded_defaults(), dict(schema_keys())
+    for dotted, comment in documented_keys():
+        default = schema[dotted].default
+        if comment.startswith("(required)"):
+            assert default is REQUIRED, f"{dotted}: documented as required"
+        elif stated := re.match(r'default (".*?"|\S+)', comment):
+            assert value_at(defaults, dotted) == json.loads(stated[1]), dotted
+        elif default is not None:  # None: absent means "not given" (a password source)
+            assert value_at(example, dotted) == value_at(defaults, dotted), dotted
+    required = {dotted for dotted, key in schema.items() if key.default is REQUIRED}
+    marked = {dotted for dotted, comment in documented_keys() if comment.startswith("(required)")}
+    assert required == marked
+
+
+@pytest.mark.parametrize("section", ["imap", "smtp"])
+def test_example_states_the_default_ports(section: str) -> None:
+    """`port = 993  # default: 993 for "tls", 143 for "starttls" and "none"` is what happens."""
+    [comment] = [c for dotted, c in documented_keys() if dotted == f"{section}.port"]
+    stated = re.findall(r'(\d+) for ((?:"\w+"(?: and )?)+)', comment)
+    modes = {mode: int(port) for port, modes in stated for mode in re.findall(r'"(\w+)"', modes)}
+    assert sorted(modes) == ["none", "starttls", "tls"]
+    for mode, port in modes.items():
+        assert getattr(loaded_defaults(mode), section).port == port, mode
+
+
+def test_schema_defaults_are_the_dataclass_field_defaults() -> None:
+    """No default is written in the schema table: each comes from its section's dataclass."""
+
+    def sections(section: Section) -> Iterator[Section]:
+        yield section
+        for spec in section.keys.values():
+            if isinstance(spec, Section | Many):
+                yield from sections(spec if isinstance(spec, Section) else spec.section)
+
+    for section in sections(SCHEMA):
+        make: Any = section.make
+        if make is None:
+            continue
+        fields = {f.name for f in dataclasses.fields(make)}
+        for name, key in section.keys.items():
+            if not isinstance(key, Key) or name not in fields or name in PASSWORD_SOURCES:
+                continue  # a password source's None means "not given", not a default
+            field = field_default(make, name)
+            derived = field is REQUIRED and key.default is None  # a port follows security
+            assert key.default == field or derived, f"{make.__name__}.{name}"
+    log = SCHEMA.keys["log"]
+    level = log.keys["level"] if isinstance(log, Section) else None
+    assert isinstance(level, Key) and level.default == field_default(Config, "log_level")
+
+
+def test_a_config_with_only_the_required_keys_is_the_dataclass_defaults() -> None:
+    config = loaded_defaults()
+    for section in (config.tickets, config.quarantine, config.limits, config.drift):
+        assert section == type(section)()
+    for tls in (config.imap.tls, config.smtp.tls):
+        assert tls == TlsSettings()
+    assert config.agents == (AgentConfig(name="dana", addresses=("dana@example.com",)),)
+    no_secret = dataclasses.replace(config.security, secret_env=None, secret=b"")
+    assert no_secret == SecurityConfig()
+    imap, smtp = config.imap, config.smtp
+    assert imap == ImapConfig(
+        host=imap.host, port=993, username=imap.username, password="imap-secret"
+    )
+    assert smtp == SmtpConfig(host=smtp.host, port=465, from_address=smtp.from_address)
+    assert config.log_level == Config.log_level
 
 
 # --- problems: one line per bad key, all of them ----------------------------------------------

@@ -145,6 +145,24 @@ def test_a_failed_expectation_exits_1_with_a_clear_message_and_cleans_up(
     assert list(private_tmp.iterdir()) == []
 
 
+def test_ctrl_c_during_the_script_is_no_failure(private_tmp: Path) -> None:
+    async def ctrl_c(session: Any) -> None:  # the daemon's SIGINT handler stops it
+        os.kill(os.getpid(), signal.SIGINT)
+
+    steps = (
+        demo.SCRIPT[0],
+        Step("Ctrl-C", ctrl_c, (demo.acknowledged(JOERG, "never"),)),
+    )
+
+    result, out, err, left = play(steps=steps)
+
+    assert (result.exit_code, result.state, result.failure) == (130, "interrupted", None)
+    assert "FAIL" not in out and err == ""
+    assert "mailtick demo interrupted in" in out
+    assert not left, f"threads left running: {left}"
+    assert list(private_tmp.iterdir()) == []
+
+
 def test_plus_addresses_of_support_are_delivered_locally() -> None:
     assert demo.is_support("support@example.com")
     assert demo.is_support("Support+r-10019-20780-abcdefghijklmnopqrstuvwxyz@Example.com")

@@ -12,14 +12,12 @@ from datetime import timedelta
 from functools import lru_cache
 from typing import TextIO
 
+from mailtick.config import DriftConfig
 from mailtick.ingest.quotes import split_reply
 from mailtick.threading.subject import normalise
 
-# Score >= threshold -> new topic. The score is the logistic of the summed evidence (0.5: it
-# leans towards a new topic). 0.6 asks for a clear lean, because a false warning costs more
-# than a missed one: the highest threshold that kept recall >= 0.85 on the training part of
-# tests/data/drift/cases.jsonl. Config: [drift] threshold.
-DEFAULT_THRESHOLD = 0.6
+# Score >= threshold -> new topic; how the default was chosen is said at DriftConfig.threshold.
+DEFAULT_THRESHOLD = DriftConfig.threshold
 
 # Evidence weaker than this (in log-odds) is not worth a reason line.
 _REASON_MIN = 0.4
