@@ -16,11 +16,13 @@ from urllib.parse import unquote, urlsplit
 import peewee as pw
 
 from mailtick.config import TicketsConfig
+from mailtick.db import Ticket, open_database
 from mailtick.ingest.classify import classify
 from mailtick.ingest.parse import parse
 from mailtick.ingest.quotes import split_reply
 from mailtick.mail import ParsedMail
 from mailtick.outcomes import Rejected
+from mailtick.threading.resolve import Lookup, resolve
 
 # The headers that decide what mailtick does with a mail, in the order they are shown.
 HEADERS = (
@@ -81,9 +83,6 @@ def would_thread(
     db: pw.Database, mail: ParsedMail, prefix: str, reopen_days: int
 ) -> dict[str, Any]:
     """Which ticket the mail would join and by which rule; every query is rolled back."""
-    from mailtick.db import Ticket
-    from mailtick.threading.resolve import Lookup, resolve
-
     with db.atomic() as transaction:
         try:
             lookup = Lookup(mail, prefix)
@@ -131,8 +130,6 @@ def _reason(exc: Exception) -> str:
 
 
 def _thread(raw: bytes, language: str, url: str, prefix: str, reopen_days: int) -> dict[str, Any]:
-    from mailtick.db import open_database
-
     _refuse_missing_sqlite(url)
     db = open_database(url)
     try:

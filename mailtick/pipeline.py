@@ -74,7 +74,7 @@ class Pipeline:
     outbox_changed: Callable[[], None]  # wakes the sender after a commit that queued mail
     parsers: ParsePool
     quarantine_dir: Path
-    max_attempts: int = 3  # the poison cap
+    max_attempts: int  # the poison cap, quarantine.max_attempts
     quarantined: int = 0  # since start, for systemd's STATUS= line
 
     def status_note(self) -> str:

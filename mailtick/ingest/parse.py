@@ -24,6 +24,7 @@ import html2text
 import mailparser
 import nh3
 
+from mailtick.config import TicketsConfig
 from mailtick.mail import Attachment, ParsedMail
 from mailtick.outcomes import Rejected
 
@@ -33,7 +34,7 @@ LANGUAGES = ("de", "en")
 _MIN_LANGUAGE_CONFIDENCE = 0.8
 
 
-def parse(raw: bytes, default_language: str = "en") -> ParsedMail:
+def parse(raw: bytes, default_language: str = TicketsConfig.default_language) -> ParsedMail:
     """Parse one mail. A mail mail-parser cannot read at all is Rejected with the reason."""
     try:
         parsed = mailparser.parse_from_bytes(raw)
