@@ -138,6 +138,7 @@ class Daemon:
                 self.stop,
                 grace=grace,
                 note=self.pipeline.status_note,
+                database=self.store.usable,
             ),
             name="systemd",
         )

@@ -110,6 +110,15 @@ def health_text(up: bool, ever_up: bool, healthy: bool, grace: float) -> str:
     return "IMAP unreachable: reconnecting" if ever_up else "connecting to IMAP, catching up"
 
 
+def database_text(usable: bool, healthy: bool, grace: float) -> str:
+    """The STATUS= part for the database ("" while it answers)."""
+    if usable:
+        return ""
+    if not healthy:
+        return f"database unusable for over {grace:g}s: unhealthy, watchdog pings withheld"
+    return "database unavailable: reconnecting"
+
+
 async def keep_alive(
     notifier: Notifier,
     connected: asyncio.Event,
@@ -118,15 +127,17 @@ async def keep_alive(
     grace: float,
     tick: float = STATUS_TICK,
     note: Callable[[], str] = lambda: "",
+    database: asyncio.Event | None = None,
 ) -> None:
     """STATUS= on each change and WATCHDOG=1 while healthy, until `stop` is set.
 
     Healthy: `connected` is set (a live IMAP session), or it was set (or this
-    loop started) less than `grace` seconds ago. A hung event loop sends
-    nothing, and neither does a daemon that has been without its mailbox for
-    longer than `grace`: either way systemd's WatchdogSec= runs out and
-    systemd restarts the service. A shorter outage only changes the STATUS=.
-    `note` adds to the line what the sysadmin should look at (quarantined mail).
+    loop started) less than `grace` seconds ago; and the same for `database`
+    (set while the database answers, cleared when a connection fails). A hung
+    event loop sends nothing, and neither does a daemon that has been without its
+    mailbox or its database for longer than `grace`: either way systemd's
+    WatchdogSec= runs out and systemd restarts the service. A shorter outage only
+    changes the STATUS=. `note` adds what the sysadmin should look at.
     """
     if not notifier.enabled:
         await stop.wait()
@@ -135,14 +146,22 @@ async def keep_alive(
     tick = min(tick, interval) if interval is not None else tick
     loop = asyncio.get_running_loop()
     last_up, ever_up, shown = loop.time(), False, ""
+    last_usable = last_up
     while not stop.is_set():
         now, up = loop.time(), connected.is_set()
+        usable = database is None or database.is_set()
         if up:
             last_up, ever_up = now, True
-        healthy = now - last_up < grace
-        text = "; ".join(
-            part for part in (health_text(up, ever_up, healthy, grace), note()) if part
+        if usable:
+            last_usable = now
+        imap_healthy, db_healthy = now - last_up < grace, now - last_usable < grace
+        healthy = imap_healthy and db_healthy
+        parts = (
+            health_text(up, ever_up, imap_healthy, grace),
+            database_text(usable, db_healthy, grace),
+            note(),
         )
+        text = "; ".join(part for part in parts if part)
         if text != shown:
             notifier.status(text)
             shown = text

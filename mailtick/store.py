@@ -22,20 +22,29 @@ T = TypeVar("T")
 
 
 class Lane:
-    """One worker thread with its own database connection (peewee keeps one per thread)."""
+    """One worker thread with its own database connection (peewee keeps one per thread).
+    `usable` is set after every call that reached the database and cleared when the
+    connection failed: systemd's watchdog reads it (notify.keep_alive)."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, usable: asyncio.Event) -> None:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
         self.db: pw.Database | None = None
+        self.usable = usable
 
     async def run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
-        """Run `fn(*args, **kwargs)` on this lane's thread; a lost connection is Transient."""
+        """Run `fn(*args, **kwargs)` on this lane's thread; a lost connection is Transient,
+        and the broken connection is dropped on this lane's thread (peewee keeps one per
+        thread: dropping it anywhere else leaves it in place, and every later call fails
+        with "connection already closed"). The next call connects afresh."""
         try:
-            return await self.submit(fn, *args, **kwargs)
+            result = await self.submit(fn, *args, **kwargs)
         except Exception as exc:
             if is_connection_error(exc) and self.db is not None:
-                raise guard(self.db, exc) from exc
+                self.usable.clear()
+                raise await self.submit(guard, self.db, exc) from exc
             raise
+        self.usable.set()
+        return result
 
     async def submit(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         loop = asyncio.get_running_loop()
@@ -54,8 +63,9 @@ class Store:
 
     def __init__(self, url: str) -> None:
         self.url = url
-        self._main = Lane("mailtick-db")
-        self.sending = Lane("mailtick-db-send")
+        self.usable = asyncio.Event()  # the database answers (see Lane)
+        self._main = Lane("mailtick-db", self.usable)
+        self.sending = Lane("mailtick-db-send", self.usable)
         self._db: pw.Database | None = None
 
     async def open(self) -> pw.Database:

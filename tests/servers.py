@@ -44,6 +44,7 @@ from email.parser import BytesParser
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, Self
+from urllib.parse import urlsplit
 
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
@@ -1072,3 +1073,30 @@ def stop_process(proc: subprocess.Popen[Any], timeout: float = 30) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
+
+
+def terminate_backends(url: str, allow_connections: bool = True) -> int:
+    """pg_terminate_backend for every connection to the database of `url`, as a PostgreSQL
+    restart or a failover does to the daemon's connections. allow_connections=False
+    also refuses new connections until `allow_connections(url)`: a database that stays away."""
+    import psycopg2  # type: ignore[import-untyped]
+    from psycopg2 import sql
+
+    name = urlsplit(url).path.lstrip("/")
+    admin = psycopg2.connect(host=PG_HOST, port=PG_PORT, user=PG_USER, dbname=PG_ADMIN_DATABASE)
+    admin.autocommit = True
+    try:
+        with admin.cursor() as cur:
+            allow = sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS {}").format(
+                sql.Identifier(name), sql.SQL("true" if allow_connections else "false")
+            )
+            cur.execute(allow)
+            cur.execute(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                " WHERE datname = %s AND pid <> pg_backend_pid()",
+                (name,),
+            )
+            row = cur.fetchone()
+            return int(row[0]) if row else 0
+    finally:
+        admin.close()

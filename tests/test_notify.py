@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from harness import settings, spawn_daemon, write_config
-from servers import Dovecot, ImapTestClient, SmtpSink, make_mail, stop_process
+from servers import Dovecot, ImapTestClient, SmtpSink, make_mail, stop_process, terminate_backends
 
 from mailtick.notify import Notifier, health_text, keep_alive
 
@@ -298,3 +298,42 @@ def test_the_status_line_tells_the_sysadmin_about_quarantined_mail(
     finally:
         stop_process(proc)
     assert imap_client.count("Quarantine") == 1
+
+
+@pytest.mark.slow  # the shortest grace the config allows is 30 s
+def test_a_database_that_stays_away_withholds_the_watchdog_until_it_is_back(
+    dovecot: Dovecot,
+    imap_client: ImapTestClient,
+    smtp_sink: SmtpSink,
+    tmp_path: Path,
+    receiver: tuple[Receiver, str],
+    postgres_url: str,
+) -> None:
+    """A daemon that cannot reach its database is unhealthy like one without its mailbox:
+    after the grace (here 30 s) systemd hears no WATCHDOG=1 and would restart it."""
+    systemd, path = receiver
+    data = settings(dovecot, smtp_sink, postgres_url, imap={"idle_timeout": 10, "reconnect_max": 1})
+    config = write_config(tmp_path / "config.toml", data)
+    env = {"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "1000000"}
+    proc = spawn_daemon(config, tmp_path / "daemon.log", env)
+    try:
+        systemd.wait_for(
+            lambda got: _count(got, "STATUS=IMAP connected, waiting for mail") >= 1, 30
+        )
+        terminate_backends(postgres_url, allow_connections=False)
+        imap_client.append(make_mail(subject="While the database is away"))
+        away = "database unavailable: reconnecting"  # (the watcher reconnects to IMAP too)
+        systemd.wait_for(lambda got: any(away in m for m in got), 15)
+        gone = "database unusable for over 30s: unhealthy, watchdog pings withheld"
+        systemd.wait_for(lambda got: any(gone in m for m in got), 45)
+        start = len(systemd.messages)
+        time.sleep(1.5)  # three watchdog intervals
+        assert _count(systemd.messages[start:], "WATCHDOG=1") == 0, systemd.messages[start:]
+
+        terminate_backends(postgres_url, allow_connections=True)
+        systemd.wait_for(lambda got: len(smtp_sink.messages) == 1, 30)
+        start = len(systemd.messages)
+        systemd.wait_for(lambda got: _count(got[start:], "WATCHDOG=1") >= 2, 10)
+    finally:
+        stop_process(proc)
+    assert imap_client.count() == 0
