@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import sqlite3
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any
@@ -316,8 +317,23 @@ def write_transaction(db: pw.Database) -> Iterator[None]:
             yield
 
 
+# SQLite says OperationalError both for an outage (locked, disk full, unreadable file) and
+# for a statement that cannot run ("too many SQL variables"): only the first is the
+# database's fault; the second is the one mail's (a failed try, handled alone).
+_SQLITE_OUTAGES = ("locked", "busy", "disk", "unable to open", "readonly", "no such table")
+
+
 def is_connection_error(exc: BaseException) -> bool:
-    return isinstance(exc, pw.OperationalError | pw.InterfaceError)
+    """The database is away or unusable right now (not: this statement cannot run)."""
+    if isinstance(exc, pw.InterfaceError):
+        return True
+    if not isinstance(exc, pw.OperationalError):
+        return False
+    cause = exc.__cause__ or exc.__context__
+    if isinstance(cause, sqlite3.Error):
+        text = str(exc).lower()
+        return any(word in text for word in _SQLITE_OUTAGES)
+    return True
 
 
 def guard(db: pw.Database, exc: BaseException) -> Transient:

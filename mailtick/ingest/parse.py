@@ -53,8 +53,8 @@ def parse(raw: bytes, default_language: str = TicketsConfig.default_language) ->
         to=_addresses(message.get_all("To", [])),
         cc=_addresses(message.get_all("Cc", [])),
         date=_date(message.get("Date")),
-        in_reply_to=tuple(_MSGID.findall(str(message.get("In-Reply-To", "")))),
-        references=tuple(_MSGID.findall(str(message.get("References", "")))),
+        in_reply_to=message_ids(message.get("In-Reply-To", ""), MAX_IN_REPLY_TO),
+        references=message_ids(message.get("References", ""), MAX_REFERENCES),
         text=text,
         language=detect_language(text, default_language),
         attachments=tuple(_attachments(parsed.attachments)),
@@ -72,6 +72,21 @@ def clean_header(value: Any) -> str:
     except (UnicodeError, LookupError, ValueError, binascii.Error, email.errors.MessageError):
         text = str(value)
     return " ".join(_CONTROL.sub(" ", text).split())
+
+
+# Every id a mail names may feed a database query (threading): a header listing 250,001
+# ids must not make a statement with 250,001 parameters. In-Reply-To names one mail (RFC
+# 5322), a few at most; of References the first (the thread's root) and the newest count.
+MAX_IN_REPLY_TO = 10
+MAX_REFERENCES = 100
+
+
+def message_ids(value: Any, limit: int) -> tuple[str, ...]:
+    """The first Message-ID of the header and the newest `limit - 1` (at most `limit`)."""
+    found = _MSGID.findall(str(value))
+    if len(found) > limit:
+        found = [found[0], *found[len(found) - limit + 1 :]]
+    return tuple(mid for mid in found if len(mid) <= 250)
 
 
 def _message_id(message: Message, raw: bytes) -> str:

@@ -1,0 +1,57 @@
+"""Unlucky mail: one odd mail never blocks the inbox (real Dovecot, aiosmtpd, SQLite, PG)."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import peewee as pw
+import pytest
+from harness import make_config, run_once
+from servers import Dovecot, ImapTestClient, SmtpSink, make_mail
+
+from mailtick.db import Message, Ticket, is_connection_error, open_database
+
+
+def test_a_mail_naming_250001_message_ids_is_recorded_and_blocks_nothing(
+    dovecot: Dovecot, imap_client: ImapTestClient, smtp_sink: SmtpSink, db_url: str
+) -> None:
+    """Debian's SQLite allows 250,000 parameters per statement ("too many SQL variables"
+    above): threading must never ask for as many as a header names."""
+    ids = [f"<{n}@x.y>" for n in range(250_001)]
+    folded = "\r\n ".join(" ".join(ids[n : n + 50]) for n in range(0, len(ids), 50))
+    huge = make_mail(subject="Huge header", headers={"In-Reply-To": "<placeholder@x.y>"})
+    imap_client.append(huge.replace(b"<placeholder@x.y>", folded.encode()))  # 2.5 MB
+    for n in range(3):
+        imap_client.append(make_mail(from_addr=f"canary{n}@kunde.example", subject=f"Canary {n}"))
+    config = make_config(dovecot, smtp_sink, db_url)
+    result = run_once(config)
+    assert result.ingest.acked == 4 and imap_client.count() == 0
+    db = open_database(db_url)
+    try:
+        assert Ticket.select().count() == 4
+        assert Message.get(Message.subject == "Huge header").thread_rule == "new"
+    finally:
+        db.close()
+    assert len(smtp_sink.messages) == 4
+
+
+@pytest.mark.parametrize(
+    ("message", "outage"),
+    [
+        ("database is locked", True),
+        ("database or disk is full", True),
+        ("disk I/O error", True),
+        ("unable to open database file", True),
+        ("attempt to write a readonly database", True),
+        ("too many SQL variables", False),
+        ("string or blob too big", False),
+    ],
+)
+def test_sqlite_errors_are_told_apart_outage_or_this_statement(message: str, outage: bool) -> None:
+    try:
+        try:
+            raise sqlite3.OperationalError(message)
+        except sqlite3.OperationalError as exc:
+            raise pw.OperationalError(message) from exc
+    except pw.OperationalError as error:
+        assert is_connection_error(error) is outage
