@@ -55,3 +55,33 @@ def test_sqlite_errors_are_told_apart_outage_or_this_statement(message: str, out
             raise pw.OperationalError(message) from exc
     except pw.OperationalError as error:
         assert is_connection_error(error) is outage
+
+
+def test_two_different_mails_with_one_message_id_both_become_tickets(
+    dovecot: Dovecot, imap_client: ImapTestClient, smtp_sink: SmtpSink, db_url: str
+) -> None:
+    """Broken mailers reuse Message-IDs: the same id with the same content is a duplicate,
+    with another content it is another mail, recorded under a derived id and flagged."""
+    first = make_mail(from_addr="a@kunde.example", subject="Drucker", message_id="<same@x.y>")
+    second = make_mail(from_addr="b@kunde.example", subject="Login", message_id="<same@x.y>",
+                       body="Ich kann mich nicht anmelden.\n")  # fmt: skip
+    config = make_config(dovecot, smtp_sink, db_url)
+    imap_client.append(first)
+    imap_client.append(second)
+    imap_client.append(second)  # the same mail delivered twice
+    run_once(config)
+    db = open_database(db_url)
+    try:
+        tickets = {t.requester: t for t in Ticket.select()}
+        assert set(tickets) == {"a@kunde.example", "b@kunde.example"}
+        renamed = Message.get(Message.author_addr == "b@kunde.example")
+        assert renamed.message_id.endswith("@reused-message-id.mailtick.invalid>")
+        assert "reused Message-ID <same@x.y>" in renamed.flag
+        assert Message.select().where(Message.direction == "in").count() == 2
+    finally:
+        db.close()
+    assert sorted(m.rcpt_tos[0] for m in smtp_sink.messages) == [
+        "a@kunde.example",
+        "b@kunde.example",
+    ]
+    assert imap_client.count() == 0

@@ -7,6 +7,7 @@ Steps never change it; what they write goes through `intake.ledger`.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -71,6 +72,15 @@ class Intake:
     @property
     def composer(self) -> Composer:
         return self.settings.composer
+
+    def renamed(self, message_id: str, flag: str) -> Intake:
+        """The same mail under another Message-ID, flagged with why (the duplicate step
+        gives a reused Message-ID of a different mail one derived from its content)."""
+        mail = dataclasses.replace(self.mail, message_id=message_id)
+        warning = "; ".join(w for w in (self.identity.warning, flag) if w)
+        identity = dataclasses.replace(self.identity, warning=warning)
+        lookup = Lookup(mail, self.settings.prefix)
+        return dataclasses.replace(self, mail=mail, identity=identity, lookup=lookup)
 
 
 @dataclass(frozen=True)

@@ -2,12 +2,14 @@
 
 A mail becomes an Intake (intake.py), then the steps of STEPS run in order; the
 first that returns a Recorded has handled the mail, a step that returns None passes
-it on, and an outcome exception (Ignored, Rejected) ends it. The last step, the
-customer's, handles every mail that reaches it. Steps never call each other: they
-call down into the ledger (ledger.py), the only writer of tickets, messages, events
-and outbox rows, and into the letters they queue (letters.py).
+it on, one that returns an Intake passes on that one instead (the duplicate step
+renames a reused Message-ID), and an outcome exception (Ignored, Rejected) ends it.
+The last step, the customer's, handles every mail that reaches it. Steps never call
+each other: they call down into the ledger (ledger.py), the only writer of tickets,
+messages, events and outbox rows, and into the letters they queue (letters.py).
 
-    duplicate        Message-ID already stored          -> Ignored
+    duplicate        Message-ID already stored          -> Ignored (the same mail again),
+                                                           or renamed (another mail)
     delivery-report  a bounce or delay of our mail      -> stored on that mail's ticket
     agent            a verified agent's reply or note   -> commands, relay, notes
     customer         everyone else                      -> filed, then AFTER_FILING
@@ -30,7 +32,7 @@ from mailtick.record.duplicate import refuse_duplicate
 from mailtick.record.intake import Intake, Recorded
 from mailtick.record.report import record_report
 
-Step = Callable[[Intake], Recorded | None]  # None: not mine, the next step's
+Step = Callable[[Intake], Recorded | Intake | None]  # None: not mine, the next step's
 
 STEPS: tuple[tuple[str, Step], ...] = (
     ("duplicate", refuse_duplicate),
@@ -43,9 +45,10 @@ STEPS: tuple[tuple[str, Step], ...] = (
 def record_mail(intake: Intake) -> Recorded:
     """Run the steps until one handles the mail; call inside a transaction."""
     for _name, step in STEPS:
-        recorded = step(intake)
-        if recorded is not None:
-            return recorded
+        result = step(intake)
+        if isinstance(result, Recorded):
+            return result
+        intake = result or intake
     raise AssertionError("no record step handled the mail; the last one must")
 
 
