@@ -18,7 +18,9 @@ DOMAIN_SEPARATION = b"mailtick-reply-token-v1"
 MAC_BYTES = 16  # 128 bits of HMAC-SHA256
 MIN_SECRET_BYTES = 32
 MAX_LOCAL_PART = 64  # RFC 5321 4.5.3.1.1
-FUTURE_SLACK_DAYS = 1  # a token "issued tomorrow" is fine: clocks and time zones differ
+# A token "issued" up to two days ahead is fine: time zones differ, and a clock that ran
+# up to 48 h fast and was corrected must not void every token it issued meanwhile.
+FUTURE_SLACK_DAYS = 2
 EPOCH = date(1970, 1, 1)
 _MAX_DAY = (date.max - EPOCH).days
 

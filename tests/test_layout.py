@@ -98,7 +98,13 @@ def test_the_cycle_finder_finds_a_cycle() -> None:
 def test_record_steps_run_in_the_documented_order() -> None:
     """The order is behaviour: a duplicate is never a report, a report never an agent's
     mail, and the customer step, which handles everything, comes last."""
-    assert [name for name, _ in STEPS] == ["duplicate", "delivery-report", "agent", "customer"]
+    assert [name for name, _ in STEPS] == [
+        "duplicate",
+        "contact-form",
+        "delivery-report",
+        "agent",
+        "customer",
+    ]
     assert [name for name, _ in AFTER_FILING] == ["acknowledge", "notify-agents", "tell-owner"]
 
 

@@ -85,3 +85,46 @@ def test_two_different_mails_with_one_message_id_both_become_tickets(
         "b@kunde.example",
     ]
     assert imap_client.count() == 0
+
+
+def test_a_contact_forms_visitor_is_the_requester_and_gets_the_answers(
+    dovecot: Dovecot, imap_client: ImapTestClient, smtp_sink: SmtpSink, db_url: str
+) -> None:
+    form = "noreply@website.example"
+    config = make_config(dovecot, smtp_sink, db_url, tickets={"form_senders": [form]})
+    imap_client.append(
+        make_mail(
+            from_addr=f"Website <{form}>",
+            subject="Kontaktformular: Lieferung fehlt",
+            headers={"Reply-To": "Vera Besucher <vera@privat.example>"},
+        )
+    )
+    imap_client.append(make_mail(from_addr=f"Website <{form}>", subject="Form without Reply-To"))
+    run_once(config)
+    [ack] = [m for m in smtp_sink.messages if "vera@privat.example" in m.rcpt_tos]
+    assert not [
+        m
+        for m in smtp_sink.messages
+        if form in m.rcpt_tos[0] and "Lieferung" in str(m.message["Subject"])
+    ]
+    db = open_database(db_url)
+    try:
+        ticket = Ticket.get(Ticket.subject.contains("Lieferung"))
+        assert (ticket.requester, ticket.requester_name) == ("vera@privat.example", "Vera Besucher")
+        assert Ticket.get(Ticket.subject.contains("without")).requester == form
+    finally:
+        db.close()
+    imap_client.append(  # Vera answers the acknowledgement: her reply threads into her ticket
+        make_mail(
+            from_addr="vera@privat.example",
+            subject=f"Re: {ack.message['Subject']}",
+            in_reply_to=ack.message["Message-ID"],
+            body="Die Bestellnummer ist 4711.",
+        )
+    )
+    run_once(config)
+    db = open_database(db_url)
+    try:
+        assert Ticket.select().count() == 2
+    finally:
+        db.close()

@@ -292,6 +292,11 @@ def address_list(value: object, ctx: Context) -> tuple[str, ...]:
     return tuple(addr.lower() for addr in addresses)
 
 
+def address_list_or_none(value: object, ctx: Context) -> tuple[str, ...]:
+    """Like address_list, and `[]` for none."""
+    return () if value == [] else address_list(value, ctx)
+
+
 def name_list(value: object, ctx: Context) -> tuple[str, ...]:
     names = _strings(value)
     for name in names:

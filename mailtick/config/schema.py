@@ -10,6 +10,7 @@ from typing import get_args
 
 from mailtick.config.checks import (
     address_list,
+    address_list_or_none,
     agent_name,
     boolean,
     choice,
@@ -142,6 +143,7 @@ SCHEMA = Section(
                 "reopen_days": Key(integer(0)),
                 "default_language": Key(choice(*get_args(Language))),
                 "max_mail_bytes": Key(integer(1)),
+                "form_senders": Key(address_list_or_none),
             },
         ),
         "log": Section(  # read into Config.log_level

@@ -83,6 +83,7 @@ class TicketsConfig:
     reopen_days: int = 30  # a reply within this many days of closing reopens the ticket
     default_language: Language = "en"
     max_mail_bytes: int = 25 * 1024 * 1024  # larger mail is quarantined, never made a ticket
+    form_senders: tuple[str, ...] = ()  # web forms' From: their Reply-To is the requester
 
 
 @dataclass(frozen=True)

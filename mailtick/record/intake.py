@@ -15,7 +15,7 @@ from mailtick.answers import Composer
 from mailtick.config import DriftConfig, LimitsConfig, TicketsConfig
 from mailtick.db import utcnow
 from mailtick.identify import Desk, Identity
-from mailtick.ingest.classify import Disposition
+from mailtick.ingest.classify import Disposition, classify
 from mailtick.mail import ParsedMail, RawMail
 from mailtick.record.ledger import Ledger
 from mailtick.threading.resolve import Lookup
@@ -72,6 +72,14 @@ class Intake:
     @property
     def composer(self) -> Composer:
         return self.settings.composer
+
+    def from_visitor(self, addr: str, name: str) -> Intake:
+        """The same mail from the visitor a web form wrote for: a customer, never an agent,
+        classified again (the form's "noreply@" sender made it look automatic)."""
+        mail = dataclasses.replace(self.mail, from_addr=addr, from_name=name)
+        disposition = classify(mail, self.settings.tickets.max_mail_bytes)
+        identity = Identity(None, None, self.identity.warning)
+        return dataclasses.replace(self, mail=mail, disposition=disposition, identity=identity)
 
     def renamed(self, message_id: str, flag: str) -> Intake:
         """The same mail under another Message-ID, flagged with why (the duplicate step

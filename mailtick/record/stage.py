@@ -10,6 +10,7 @@ messages, events and outbox rows, and into the letters they queue (letters.py).
 
     duplicate        Message-ID already stored          -> Ignored (the same mail again),
                                                            or renamed (another mail)
+    contact-form     From is a web form's address       -> the visitor (Reply-To) writes
     delivery-report  a bounce or delay of our mail      -> stored on that mail's ticket
     agent            a verified agent's reply or note   -> commands, relay, notes
     customer         everyone else                      -> filed, then AFTER_FILING
@@ -29,6 +30,7 @@ from mailtick.outcomes import Ignored
 from mailtick.record.agent import record_agent_mail
 from mailtick.record.customer import record_customer_mail
 from mailtick.record.duplicate import refuse_duplicate
+from mailtick.record.form import take_form_visitor
 from mailtick.record.intake import Intake, Recorded
 from mailtick.record.report import record_report
 
@@ -36,6 +38,7 @@ Step = Callable[[Intake], Recorded | Intake | None]  # None: not mine, the next 
 
 STEPS: tuple[tuple[str, Step], ...] = (
     ("duplicate", refuse_duplicate),
+    ("contact-form", take_form_visitor),
     ("delivery-report", record_report),
     ("agent", record_agent_mail),
     ("customer", record_customer_mail),
