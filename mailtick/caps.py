@@ -19,6 +19,11 @@ that were not held themselves:
   a day. Agents are exempt: on a busy day they get many notifications.
 - bouncing: nothing automatic goes to an address whose mail bounces (`Address.bouncing`,
   written from delivery reports).
+- robot-pace: at most `limits.answers_per_base_address` automatic answers in ten
+  minutes to one base address: the address with its plus-part stripped, so an
+  autoresponder that answers from `robot+1@…`, `robot+2@…`, … with a new subject each
+  time is one correspondent. A person rarely opens a third ticket within ten minutes;
+  a robot that answers every acknowledgement within seconds does at once.
 
 Decisions for the kinds of mail:
 - relay (an agent's answer to the customer) is never held: a human decided to send it.
@@ -29,8 +34,9 @@ Decisions for the kinds of mail:
   autoresponder cannot ping-pong with us either, but not daily-per-address.
 
 The counts come from one statement per queued mail on the outbox index
-(rcpt_to, created_at), built once per set of applicable caps. Every mail we compose
-has exactly one recipient, so rcpt_to is that address.
+(rcpt_to, created_at), built once per set of applicable caps: the rows of the
+recipient and of its base address's family (`robot@…` and the range `robot+…`).
+Every mail we compose has exactly one recipient, so rcpt_to is that address.
 """
 
 from __future__ import annotations
@@ -125,6 +131,13 @@ class Sending:
     ticket_tag: str  # "MT#10019", for the reason
     subject_key: str
 
+    def family(self) -> tuple[str, str, str, str]:
+        """The base address, the bounds of its plus-addresses' range in sort order
+        ("robot+" up to "robot,", "," sorting right after "+"), and their domain part."""
+        local, _, domain = self.rcpt.rpartition("@")
+        base = local.split("+", 1)[0]
+        return f"{base}@{domain}", f"{base}+", f"{base},", f"@{domain}"
+
 
 @dataclass(frozen=True)
 class Cap:
@@ -134,7 +147,8 @@ class Cap:
     params: Callable[[Sending], tuple[Any, ...]]  # values for the {p} in `counted`
     window: timedelta | None  # None: `counted` is a fact about the address, 1 = true
     limit: Callable[[LimitsConfig], int]
-    reason: str  # str.format(n=, rcpt=, tag=, key=, kind=)
+    reason: str  # str.format(n=, rcpt=, tag=, key=, kind=, base=)
+    family: bool = False  # counts the base address's whole family, not the recipient alone
 
 
 DAY = timedelta(days=1)
@@ -169,6 +183,16 @@ CAPS: tuple[Cap, ...] = (
         reason="{n} mails to {rcpt} in 1 day",
     ),
     Cap(
+        "robot-pace",
+        applies=lambda s: s.kind in ANSWER_KINDS,
+        counted="o.kind IN ('ack', 'drift-warning', 'split')",
+        params=lambda s: (),
+        window=BURST,
+        limit=lambda limits: limits.answers_per_base_address,
+        reason="{n} automatic answers to {base} and its plus-addresses in 10 min",
+        family=True,
+    ),
+    Cap(
         "bouncing",
         applies=lambda s: s.kind not in HUMAN_KINDS,
         counted="SELECT CASE WHEN a.bouncing THEN 1 ELSE 0 END FROM address a"
@@ -192,8 +216,11 @@ def held_reason(db: pw.Database, sending: Sending, limits: LimitsConfig, now: da
     for cap in caps:
         if cap.window is not None:
             params.append(_stamp(now - cap.window))
+            params += () if cap.family else (sending.rcpt,)
         params += cap.params(sending)
-    counts = execute(db, sql, *params, sending.rcpt, _stamp(now - since)).fetchone()
+    base, low, high, domain = sending.family()
+    scope = (sending.rcpt, base, low, high, domain, domain)
+    counts = execute(db, sql, *params, *scope, _stamp(now - since)).fetchone()
     for cap, count in zip(caps, counts, strict=True):
         if int(count or 0) >= cap.limit(limits):
             return f"{cap.name}, " + cap.reason.format(
@@ -202,6 +229,7 @@ def held_reason(db: pw.Database, sending: Sending, limits: LimitsConfig, now: da
                 tag=sending.ticket_tag,
                 key=sending.subject_key,
                 kind=_plural(sending.kind, int(count)),
+                base=base,
             )
     return ""
 
@@ -214,11 +242,16 @@ def _counts_sql(names: tuple[str, ...]) -> str:
         if cap.window is None:
             columns.append(f"COALESCE(({cap.counted}), 0)")
         else:
-            when = f"o.created_at >= {{p}} AND {cap.counted}"
+            mine = "" if cap.family else " AND o.rcpt_to = {p}"
+            when = f"o.created_at >= {{p}}{mine} AND {cap.counted}"
             columns.append(f"COALESCE(SUM(CASE WHEN {when} THEN 1 ELSE 0 END), 0)")
+    family = (
+        "(o.rcpt_to IN ({p}, {p}) OR (o.rcpt_to > {p} AND o.rcpt_to < {p}"
+        " AND substr(o.rcpt_to, length(o.rcpt_to) - length({p}) + 1) = {p}))"
+    )
     return (
         f"SELECT {', '.join(columns)} FROM outbox o JOIN message m ON m.id = o.message_id"
-        " WHERE o.rcpt_to = {p} AND o.created_at >= {p} AND o.status <> 'held'"
+        f" WHERE {family} AND o.created_at >= {{p}} AND o.status <> 'held'"
     )
 
 

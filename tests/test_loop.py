@@ -165,6 +165,59 @@ def test_naive_autoresponder_gets_at_most_three_mails(
         db.close()
 
 
+class VaryingRobot(Autoresponder):
+    """A robot that varies what the caps compare: it answers every mail to any of its
+    addresses from a new plus-address (`robot+1@…`, `robot+2@…`; or always the same one),
+    each time with a new subject without our tag ("Vorgang 7 eingegangen")."""
+
+    def __init__(self, dovecot: Dovecot, base: str, vary_address: bool) -> None:
+        super().__init__(dovecot, set(), lambda s: s, "Ihre Nachricht ist eingegangen.\n")
+        self.base, self.vary_address = base, vary_address
+        self.local, self.domain = base.split("@")
+
+    def mine(self, rcpt: str) -> bool:
+        local, _, domain = rcpt.partition("@")
+        return domain == self.domain and local.split("+")[0] == self.local
+
+    def _on_data(self, session: Session, envelope: Envelope) -> str:
+        self.answers = {r for r in envelope.rcpt_tos if self.mine(r)}
+        return super()._on_data(session, envelope)
+
+    def _answer(self, rcpt: str, mail: ReceivedMail) -> None:
+        n = self.answered + 1
+        sender = f"{self.local}+{n}@{self.domain}" if self.vary_address else rcpt
+        answer = make_mail(
+            from_addr=sender,
+            to_addr=SUPPORT,
+            subject=f"Vorgang {n} eingegangen",
+            body=f"Ihre Nachricht ist unter der Vorgangsnummer {n} eingegangen.\n",
+        )
+        with self.dovecot.client() as client:
+            client.append(answer)
+        self.answered += 1
+
+
+@pytest.mark.parametrize("vary_address", [True, False], ids=["new-plus-address", "same-address"])
+def test_a_robot_that_varies_address_and_subject_gets_at_most_three_mails(
+    dovecot: Dovecot, imap_client: ImapTestClient, tmp_path: Path, db_url: str, vary_address: bool
+) -> None:
+    with VaryingRobot(dovecot, "robot@kunde.example", vary_address) as sink:
+        data = config_data(dovecot, sink, db_url)
+        config = write_config(tmp_path / "config.toml", data)
+        first = make_mail(from_addr="robot+0@kunde.example", subject="Vorgang 0 eingegangen")
+        run_daemon_until_quiet(config, tmp_path / "daemon.log", imap_client, sink, first)
+        to_robot = [m for m in sink.messages if any(sink.mine(r) for r in m.rcpt_tos)]
+    assert 1 <= len(to_robot) <= 3, [m.message["Subject"] for m in to_robot]
+    assert imap_client.count("INBOX") == 0
+    db = open_database(db_url)
+    try:
+        held = Outbox.select().where(Outbox.status == "held")
+        assert any("robot-pace" in row.last_error for row in held)
+        assert Message.select().where(Message.direction == "in").count() == sink.answered + 1
+    finally:
+        db.close()
+
+
 # -- each cap through the real pipeline -----------------------------------------------------
 
 

@@ -162,6 +162,7 @@ SCHEMA = Section(
                 "acks_per_subject": Key(integer(1)),
                 "ticket_burst": Key(integer(1)),
                 "daily_per_address": Key(integer(1)),
+                "answers_per_base_address": Key(integer(1)),
             },
         ),
         "drift": Section(

@@ -99,6 +99,7 @@ class LimitsConfig:
     acks_per_subject: int = 1  # acknowledgements per sender and day for the same subject
     ticket_burst: int = 10  # mails per ticket and recipient within 10 minutes
     daily_per_address: int = 50  # mails per customer address and day
+    answers_per_base_address: int = 3  # automatic answers per base address in 10 minutes
 
 
 @dataclass(frozen=True)
