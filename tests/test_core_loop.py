@@ -342,6 +342,7 @@ def test_server_without_move_gets_copy_and_expunge(
     assert not server.used_command("MOVE")
 
 
+@pytest.mark.slow
 def test_backlog_of_2000_mails(
     dovecot: Dovecot, imap_client: ImapTestClient, smtp_sink: SmtpSink, sqlite_url: str
 ) -> None:

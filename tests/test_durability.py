@@ -182,6 +182,7 @@ def _silent_server() -> Iterator[int]:
         yield int(listener.getsockname()[1])
 
 
+@pytest.mark.slow
 def test_sigterm_during_a_backlog_finishes_the_mail_in_hand_and_a_restart_the_rest(
     dovecot: Dovecot, smtp_sink: SmtpSink, db_url: str, tmp_path: Path
 ) -> None:

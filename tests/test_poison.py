@@ -16,6 +16,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from harness import REPO, make_config, run_once, settings, spawn_daemon, wait_until, write_config
 from servers import Dovecot, ImapTestClient, SmtpSink, make_mail, slow_mail, stop_process
 
@@ -64,6 +65,7 @@ def test_a_mail_whose_parse_times_out_is_quarantined_after_3_tries_and_blocks_no
     db.close()
 
 
+@pytest.mark.slow
 def test_a_mail_that_kills_the_daemon_is_quarantined_after_3_crashes(
     dovecot: Dovecot, imap_client: ImapTestClient, smtp_sink: SmtpSink, tmp_path: Path
 ) -> None:
