@@ -1,15 +1,17 @@
 # mailtick developer tasks. CI runs `make test` (see .ci/run).
-#   make venv  - create .venv and install mailtick with its test extras (again when
-#                pyproject.toml changes; the stamp file records the last install)
-#   make lint  - ruff + mypy
-#   make test  - lint, then the whole pytest suite (needs Dovecot and PostgreSQL, see .ci/run)
-#   make demo  - the embedded demo (no mail server needed)
+#   make venv      - create .venv and install mailtick with its test extras (again when
+#                    pyproject.toml changes; the stamp file records the last install)
+#   make lint      - ruff + mypy --strict (mailtick/, tests/, bench/)
+#   make test      - lint, then the whole pytest suite (needs Dovecot and PostgreSQL, see .ci/run)
+#   make test-fast - lint, then the suite without the tests marked `slow` (the crash and backlog
+#                    tests): for the edit-test loop. `make test` and CI run everything.
+#   make demo      - the embedded demo (no mail server needed)
 
 VENV   := .venv
 PYTHON := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: venv lint test demo dovecot
+.PHONY: venv lint test test-fast demo dovecot
 
 venv: $(STAMP)
 
@@ -37,6 +39,10 @@ dovecot:
 test: lint dovecot
 	@echo "==> pytest"
 	@$(VENV)/bin/pytest
+
+test-fast: lint dovecot
+	@echo "==> pytest -m 'not slow'"
+	@$(VENV)/bin/pytest -m "not slow"
 
 # The embedded demo: pymap (IMAP) + aiosmtpd (SMTP) + the real daemon, in a temp dir.
 demo: venv

@@ -26,16 +26,10 @@ from email.message import EmailMessage
 from pathlib import Path
 from typing import Any, TypeVar
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root: tests.servers
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root: mailtick
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the test servers
 
-from mailtick.app import Daemon, OnceResult
-from mailtick.caps import subject_key
-from mailtick.config import Config, ImapConfig, LimitsConfig, TicketsConfig, parse_config
-from mailtick.db import Message, Outbox, Quarantine, Ticket, open_database
-from mailtick.ingest.imap import ImapConnection
-from mailtick.ingest.parse import parse
-from mailtick.threading.subject import with_tag
-from tests.servers import (
+from servers import (
     DEFAULT_PASSWORD,
     DEFAULT_USER,
     Dovecot,
@@ -44,6 +38,14 @@ from tests.servers import (
     parse_mail,
     postgres_database,
 )
+
+from mailtick.app import Daemon, OnceResult
+from mailtick.caps import subject_key
+from mailtick.config import Config, ImapConfig, LimitsConfig, TicketsConfig, parse_config
+from mailtick.db import Message, Outbox, Quarantine, Ticket, open_database
+from mailtick.ingest.imap import ImapConnection
+from mailtick.ingest.parse import parse
+from mailtick.threading.subject import with_tag
 
 T = TypeVar("T")
 
@@ -766,7 +768,7 @@ def build_mail(
     in_reply_to: str | None = None,
     references: Sequence[str] = (),
 ) -> bytes:
-    """A customer mail: tests.servers.make_mail, or an HTML-only mail built the same way."""
+    """A customer mail: make_mail of tests/servers.py, or an HTML-only mail built the same way."""
     if not html_only:
         return make_mail(
             from_addr=customer.header,

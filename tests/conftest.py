@@ -1,4 +1,5 @@
-"""Pytest fixtures: real Dovecot, SMTP sink and SQLite/PostgreSQL databases (see tests/servers.py).
+"""Pytest fixtures: real Dovecot, SMTP sink and SQLite/PostgreSQL databases (see tests/servers.py),
+the database opened for assertions, and the desk: a configuration for them (tests/harness.py).
 
 Every server is started per test and stopped in teardown, also when the test fails. The Dovecot
 log of each test is copied to the test's tmp_path (pytest keeps the last runs' tmp dirs) so a
@@ -13,18 +14,14 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import peewee as pw
 import pytest
 
 # tests/servers.py: pytest puts tests/ on sys.path (tests/ has no __init__.py).
+from harness import Desk
 from servers import Dovecot, ImapTestClient, PostgresUnreachable, SmtpSink, postgres_database
 
-
-def pytest_configure(config: pytest.Config) -> None:
-    # aiosmtpd warns when AUTH is allowed without STARTTLS; SmtpSink(auth=...) does that on
-    # purpose (implicit TLS, or plain SMTP on 127.0.0.1).
-    config.addinivalue_line(
-        "filterwarnings", "ignore:Requiring AUTH while not requiring TLS:UserWarning"
-    )
+from mailtick.db import open_database
 
 
 @pytest.fixture
@@ -89,6 +86,22 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     else:
         with _fresh_postgres_database() as url:
             yield url
+
+
+@pytest.fixture
+def db(db_url: str) -> Iterator[pw.Database]:
+    """The test database, opened (its schema created) before the test runs the daemon, for the
+    test's own queries: mailtick's models are bound to it (the daemon opens its own)."""
+    database = open_database(db_url)
+    yield database
+    database.close()
+
+
+@pytest.fixture
+def desk(dovecot: Dovecot, smtp_sink: SmtpSink, db_url: str, tmp_path: Path) -> Desk:
+    """Configurations for this test's servers and database: `desk.config()`, or with agents
+    `desk.config(DANA_AGENT, drift={"action": "off"})` (tests/harness.py)."""
+    return Desk(dovecot, smtp_sink, db_url, tmp_path)
 
 
 @contextlib.contextmanager

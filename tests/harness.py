@@ -1,4 +1,5 @@
-"""Test harness: a Config pointing at the test servers, the daemon in-process or as a process."""
+"""Test harness: a Config pointing at the test servers, the daemon in-process or as a process,
+and the agent desk (agents, their reply-token secret, an agent's reply by mail)."""
 
 from __future__ import annotations
 
@@ -7,12 +8,13 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from servers import Dovecot, SmtpSink, stop_process
+from servers import Dovecot, ReceivedMail, SmtpSink, make_mail, stop_process
 
 from mailtick.app import Daemon, OnceResult
 from mailtick.config import Config, parse_config
@@ -20,10 +22,11 @@ from mailtick.config import Config, parse_config
 REPO = Path(__file__).resolve().parent.parent
 SUPPORT = "support@example.com"
 
+Section = dict[str, Any]  # one [section] of config.toml
+Sections = Section | list[Section]  # or an array of tables: [[agents]]
 
-def settings(
-    dovecot: Dovecot, sink: SmtpSink, db_url: str, **sections: dict[str, Any]
-) -> dict[str, Any]:
+
+def settings(dovecot: Dovecot, sink: SmtpSink, db_url: str, **sections: Sections) -> Section:
     """A config dict for the test servers; `sections` override keys per section."""
     data: dict[str, Any] = {
         "imap": {
@@ -57,9 +60,7 @@ def settings(
     return data
 
 
-def make_config(
-    dovecot: Dovecot, sink: SmtpSink, db_url: str, **sections: dict[str, Any]
-) -> Config:
+def make_config(dovecot: Dovecot, sink: SmtpSink, db_url: str, **sections: Sections) -> Config:
     return parse_config(settings(dovecot, sink, db_url, **sections), env={})
 
 
@@ -148,3 +149,88 @@ def wait_until(condition: Callable[[], bool], timeout: float, step: float = 0.05
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout}s")
         time.sleep(step)
+
+
+# -- the agent desk ---------------------------------------------------------------------------
+
+DANA = "dana@example.com"
+ELI = "eli@example.com"
+DANA_AGENT: Section = {"name": "dana", "addresses": [DANA], "display_name": "Dana Example"}
+ELI_AGENT: Section = {"name": "eli", "addresses": [ELI], "display_name": "Eli Sample"}
+REPLY_SECRET = "5e" * 32  # the reply-token key `mailtick init` would write (hex, 32 bytes)
+
+
+@dataclass(frozen=True)
+class Desk:
+    """One test's Dovecot, SMTP sink and database, and the configuration for them.
+
+    `desk.config()` is the support address alone; `desk.config(DANA_AGENT, ELI_AGENT)` adds
+    agents, with what they need: the reply-token secret (a file in tmp_path), DMARC verdicts
+    trusted from mx.example.com, and German as the default language (override it with
+    tickets={"default_language": "en"}). Further sections are merged in key by key.
+    """
+
+    dovecot: Dovecot
+    sink: SmtpSink
+    db_url: str
+    tmp_path: Path
+
+    def settings(self, *agents: Section, **sections: Section) -> Section:
+        """The config dict: see the class; sections(tickets={...}) merge with the desk's."""
+        merged: dict[str, Sections] = dict(sections)
+        if agents:
+            secret = self.tmp_path / "reply-secret"
+            secret.write_text(REPLY_SECRET)
+            merged["agents"] = list(agents)
+            merged["security"] = {
+                "secret_file": str(secret),
+                "authserv_id": "mx.example.com",
+                **sections.get("security", {}),
+            }
+            merged["tickets"] = {"default_language": "de", **sections.get("tickets", {})}
+        return settings(self.dovecot, self.sink, self.db_url, **merged)
+
+    def config(self, *agents: Section, **sections: Section) -> Config:
+        return parse_config(self.settings(*agents, **sections), env={})
+
+    def show(self, number: str, *options: str, data: Section | None = None) -> str:
+        """What `mailtick show NUMBER OPTIONS` prints for a sysadmin, with the config `data`
+        (default: `self.settings()`) written to tmp_path/show.toml; it must exit with 0."""
+        path = write_config(self.tmp_path / "show.toml", self.settings() if data is None else data)
+        shown = mailtick("show", number, *options, "-c", str(path))
+        assert shown.returncode == 0, shown.stderr
+        return shown.stdout
+
+
+def agent_mail(
+    notification: ReceivedMail,
+    body: str,
+    *,
+    address: str = "",
+    from_addr: str = f"Dana Example <{DANA}>",
+    headers: Mapping[str, str] | None = None,
+) -> bytes:
+    """Dana's reply to a notification as Thunderbird writes it: `body`, her signature, then the
+    notification quoted; to its Reply-To unless `address` is given."""
+    quoted = "\n".join("> " + line for line in notification.message.get_content().splitlines())
+    target = address or notification.message["Reply-To"].addresses[0].addr_spec
+    return make_mail(
+        from_addr=from_addr,
+        to_addr=target,
+        subject="Re: " + str(notification.message["Subject"]),
+        body=(
+            f"{body}\n\n-- \nDana Example\nExample Support\n\n"
+            f"Am 23.11.2026 um 09:12 schrieb Support:\n{quoted}\n"
+        ),
+        in_reply_to=notification.message["Message-ID"],
+        headers=headers,
+    )
+
+
+def note_address(notification: ReceivedMail) -> str:
+    """The address for internal notes that a notification names (support+n-...)."""
+    content: str = notification.message.get_content()
+    for line in content.splitlines():
+        if "+n-" in line:
+            return line.split()[-1]
+    raise AssertionError("no note address in the notification")

@@ -615,13 +615,21 @@ class ImapTestClient:
             if ssl_context is not None
             else imaplib.IMAP4(host, port, timeout=timeout)
         )
-        self.imap.login(user, password)
+        try:
+            self.imap.login(user, password)
+        except BaseException:
+            self.imap.shutdown()  # a refused login leaves no socket open
+            raise
         self._tags = 0
 
     def close(self) -> None:
-        # The server may already be gone (a test stopped it).
-        with contextlib.suppress(imaplib.IMAP4.abort, OSError):
+        try:
             self.imap.logout()
+        except (imaplib.IMAP4.abort, OSError):
+            # The server is already gone (a test stopped it): logout() raised before it closed
+            # the socket, so close it here.
+            with contextlib.suppress(OSError):
+                self.imap.shutdown()
 
     def __enter__(self) -> Self:
         return self
@@ -852,6 +860,10 @@ class SmtpSink:
         with self._lock:
             return list(self._messages)
 
+    def to(self, addr: str) -> list[ReceivedMail]:
+        """The accepted messages with `addr` among their envelope recipients, oldest first."""
+        return [m for m in self.messages if addr in m.rcpt_tos]
+
     @property
     def attempts(self) -> int:
         """DATA commands seen so far, refused ones included."""
@@ -1022,6 +1034,21 @@ def make_mail(
     return msg.as_bytes(policy=email.policy.SMTP)
 
 
+def slow_mail(parts: int = 40_000) -> bytes:
+    """A real mail that mail-parser needs seconds for (40,000 MIME parts, about 4 MB)."""
+    body = "".join(
+        f"--b\r\nContent-Type: text/plain\r\n"
+        f'Content-Disposition: attachment; filename="f{i}.txt"\r\n\r\nx{i}\r\n'
+        for i in range(parts)
+    )
+    head = (
+        "From: slow@customer.example\r\nTo: support@example.com\r\nSubject: Many parts\r\n"
+        "Message-ID: <slow@customer.example>\r\nMIME-Version: 1.0\r\n"
+        "Content-Type: multipart/mixed; boundary=b\r\n\r\n"
+    )
+    return (head + body + "--b--\r\n").encode()
+
+
 # -- PostgreSQL: a throw-away database per test or benchmark run ------------------------------
 
 PG_HOST, PG_PORT, PG_USER, PG_ADMIN_DATABASE = "127.0.0.1", 5432, "postgres", "test"
@@ -1035,7 +1062,7 @@ class PostgresUnreachable(RuntimeError):
 def postgres_database(prefix: str = "mt_test") -> Iterator[str]:
     """CREATE a fresh database, yield its URL, DROP it afterwards (closing what the code
     under test forgot to close, which would block the DROP)."""
-    import psycopg2  # type: ignore[import-untyped]
+    import psycopg2
     from psycopg2 import sql
 
     name = f"{prefix}_{uuid.uuid4().hex[:12]}"

@@ -2,23 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import peewee as pw
 import pytest
-from harness import make_config, run_once
+from harness import DANA, DANA_AGENT, ELI, ELI_AGENT, Desk, agent_mail, note_address, run_once
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from servers import Dovecot, ImapTestClient, ReceivedMail, SmtpSink, make_mail
+from servers import ImapTestClient, ReceivedMail, SmtpSink, make_mail
 
 from mailtick.config import Config
-from mailtick.db import Event, Message, Ticket, Wish, open_database
+from mailtick.db import Event, Message, Ticket, Wish
 
 CUSTOMER = "Jörg Beispiel <joerg@kunde.example>"
-DANA = "dana@example.com"
-ELI = "eli@example.com"
 REQUEST = (
     "Guten Tag,\n\nseit heute Morgen kommen unsere Mails an Kunden nicht mehr an. "
     "Jede Mail kommt mit 550 5.7.1 zurück.\n\nViele Grüße\nJörg\n"
@@ -26,33 +22,9 @@ REQUEST = (
 
 
 @pytest.fixture
-def desk_config(
-    dovecot: Dovecot, smtp_sink: SmtpSink, tmp_path: Path, db_url: str
-) -> Iterator[Config]:
-    secret = tmp_path / "reply-secret"
-    secret.write_text("5e" * 32)
-    yield make_config(
-        dovecot,
-        smtp_sink,
-        db_url,
-        security={"secret_file": str(secret), "authserv_id": "mx.example.com"},
-        agents=[
-            {"name": "dana", "addresses": [DANA], "display_name": "Dana Example"},
-            {"name": "eli", "addresses": [ELI], "display_name": "Eli Sample"},
-        ],
-        tickets={"default_language": "de"},
-    )
-
-
-@pytest.fixture
-def db(desk_config: Config) -> Iterator[pw.Database]:
-    database = open_database(desk_config.database.url)
-    yield database
-    database.close()
-
-
-def to(sink: SmtpSink, addr: str) -> list[ReceivedMail]:
-    return [m for m in sink.messages if addr in m.rcpt_tos]
+def desk_config(desk: Desk) -> Config:
+    """Dana and Eli answer the German desk's mail."""
+    return desk.config(DANA_AGENT, ELI_AGENT)
 
 
 def open_ticket(client: ImapTestClient, sink: SmtpSink, config: Config) -> tuple[str, ReceivedMail]:
@@ -60,32 +32,8 @@ def open_ticket(client: ImapTestClient, sink: SmtpSink, config: Config) -> tuple
     client.append(make_mail(from_addr=CUSTOMER, subject="Mails kommen nicht an", body=REQUEST))
     run_once(config)
     [ticket] = Ticket.select()
-    [notification] = to(sink, DANA)
+    [notification] = sink.to(DANA)
     return str(ticket.number), notification
-
-
-def agent_mail(notification: ReceivedMail, body: str, *, address: str = "", **kw: Any) -> bytes:
-    """An agent's reply as Thunderbird writes it: the notification quoted below."""
-    quoted = "\n".join("> " + line for line in notification.message.get_content().splitlines())
-    target = address or notification.message["Reply-To"].addresses[0].addr_spec
-    return make_mail(
-        from_addr=kw.pop("from_addr", f"Dana Example <{DANA}>"),
-        to_addr=target,
-        subject="Re: " + str(notification.message["Subject"]),
-        body=(
-            f"{body}\n\n-- \nDana Example\nExample Support\n\n"
-            f"Am 23.11.2026 um 09:12 schrieb Support:\n{quoted}\n"
-        ),
-        in_reply_to=notification.message["Message-ID"],
-        **kw,
-    )
-
-
-def note_address(notification: ReceivedMail) -> str:
-    for line in notification.message.get_content().splitlines():
-        if "+n-" in line:
-            return line.split()[-1]
-    raise AssertionError("no note address in the notification")
 
 
 def test_notification_relayed_answer_and_the_customers_reply(
@@ -97,13 +45,13 @@ def test_notification_relayed_answer_and_the_customers_reply(
     assert f"Neues Ticket {number}" in body and "+n-" in body
     reply_to = notification.message["Reply-To"].addresses[0].addr_spec
     assert reply_to.startswith(f"support+r-{number}-") and reply_to.endswith("@example.com")
-    assert len(to(smtp_sink, ELI)) == 1  # no owner yet: the whole queue is told
+    assert len(smtp_sink.to(ELI)) == 1  # no owner yet: the whole queue is told
 
     imap_client.append(
         agent_mail(notification, "Hallo Herr Beispiel,\n\nbitte prüfen Sie Ihren SPF-Eintrag.")
     )
     run_once(desk_config)
-    [ack, answer] = to(smtp_sink, "joerg@kunde.example")
+    [ack, answer] = smtp_sink.to("joerg@kunde.example")
     customer_id = ack.message["In-Reply-To"]
     assert answer.message["From"].addresses[0].addr_spec == "support@example.com"
     assert answer.message["From"].addresses[0].display_name == "Dana Example via Example Support"
@@ -127,7 +75,7 @@ def test_notification_relayed_answer_and_the_customers_reply(
     )
     run_once(desk_config)
     assert Ticket.get().status == "open"
-    assert len(to(smtp_sink, DANA)) == 2 and len(to(smtp_sink, ELI)) == 1  # only the owner now
+    assert len(smtp_sink.to(DANA)) == 2 and len(smtp_sink.to(ELI)) == 1  # only the owner now
 
 
 def test_internal_note_never_reaches_the_customer(
@@ -140,8 +88,8 @@ def test_internal_note_never_reaches_the_customer(
         )
     )
     run_once(desk_config)
-    assert len(to(smtp_sink, "joerg@kunde.example")) == 1  # the acknowledgement only
-    [note_mail] = [m for m in to(smtp_sink, ELI) if "Interne Notiz" in m.message.get_content()]
+    assert len(smtp_sink.to("joerg@kunde.example")) == 1  # the acknowledgement only
+    [note_mail] = [m for m in smtp_sink.to(ELI) if "Interne Notiz" in m.message.get_content()]
     assert "Kunde hatte das schon letzten Monat." in note_mail.message.get_content()
     note = Message.get(Message.kind == "note")
     assert note.text.strip() == "Kunde hatte das schon letzten Monat."
@@ -170,7 +118,7 @@ def test_commands_change_the_ticket_and_are_not_relayed(
     imap_client.append(agent_mail(notification, commands))
     run_once(desk_config)
     assert check(Ticket.get())
-    assert len(to(smtp_sink, "joerg@kunde.example")) == 1  # commands alone relay nothing
+    assert len(smtp_sink.to("joerg@kunde.example")) == 1  # commands alone relay nothing
 
 
 def test_note_command_turns_a_reply_into_an_internal_note(
@@ -179,10 +127,10 @@ def test_note_command_turns_a_reply_into_an_internal_note(
     _, notification = open_ticket(imap_client, smtp_sink, desk_config)
     imap_client.append(agent_mail(notification, "#notiz\nKunde ist VIP, bitte bevorzugt."))
     run_once(desk_config)
-    assert len(to(smtp_sink, "joerg@kunde.example")) == 1  # the acknowledgement only
+    assert len(smtp_sink.to("joerg@kunde.example")) == 1  # the acknowledgement only
     note = Message.get(Message.kind == "note")
     assert "Kunde ist VIP" in note.text and "#notiz" not in note.text
-    assert any("Kunde ist VIP" in m.message.get_content() for m in to(smtp_sink, ELI))
+    assert any("Kunde ist VIP" in m.message.get_content() for m in smtp_sink.to(ELI))
 
 
 def test_command_then_answer_relays_the_answer_without_the_command(
@@ -191,7 +139,7 @@ def test_command_then_answer_relays_the_answer_without_the_command(
     _, notification = open_ticket(imap_client, smtp_sink, desk_config)
     imap_client.append(agent_mail(notification, "#close\nDas Problem ist behoben."))
     run_once(desk_config)
-    [_, answer] = to(smtp_sink, "joerg@kunde.example")
+    [_, answer] = smtp_sink.to("joerg@kunde.example")
     assert "Das Problem ist behoben." in answer.message.get_content()
     assert "#close" not in answer.message.get_content()
     assert Ticket.get().status == "closed"
@@ -203,8 +151,8 @@ def test_unknown_command_relays_nothing_and_explains(
     _, notification = open_ticket(imap_client, smtp_sink, desk_config)
     imap_client.append(agent_mail(notification, "#staus closed\nErledigt."))
     run_once(desk_config)
-    assert len(to(smtp_sink, "joerg@kunde.example")) == 1
-    [error] = [m for m in to(smtp_sink, DANA) if "NICHT" in m.message.get_content()]
+    assert len(smtp_sink.to("joerg@kunde.example")) == 1
+    [error] = [m for m in smtp_sink.to(DANA) if "NICHT" in m.message.get_content()]
     text = error.message.get_content()
     assert "#staus" in text and "#status" in text and "#schließen" in text
     assert Ticket.get().status == "open"
@@ -222,7 +170,7 @@ def test_merge_and_wish(
     run_once(desk_config)
     second = Ticket.select().order_by(Ticket.id.desc()).get()
     [second_note] = [
-        m for m in to(smtp_sink, DANA) if f"[MT#{second.number}]" in str(m.message["Subject"])
+        m for m in smtp_sink.to(DANA) if f"[MT#{second.number}]" in str(m.message["Subject"])
     ]
     imap_client.append(agent_mail(second_note, f"#merge {number}\n#wish Export als CSV"))
     run_once(desk_config)
@@ -253,7 +201,7 @@ def test_forged_agent_mail_changes_nothing(
     number, notification = open_ticket(imap_client, smtp_sink, desk_config)
     good = notification.message["Reply-To"].addresses[0].addr_spec
     tampered = good[:-14] + ("a" if good[-14] != "a" else "b") + good[-13:]
-    eli_token = to(smtp_sink, ELI)[0].message["Reply-To"].addresses[0].addr_spec
+    eli_token = smtp_sink.to(ELI)[0].message["Reply-To"].addresses[0].addr_spec
     forgeries = [
         agent_mail(notification, "#close\nForged.", address="support@example.com"),  # no token
         agent_mail(notification, "#close\nForged.", address=tampered),
@@ -272,12 +220,12 @@ def test_forged_agent_mail_changes_nothing(
     run_once(desk_config)
     ticket = Ticket.get(Ticket.number == number)
     assert ticket.status == "open" and ticket.owner is None
-    assert len(to(smtp_sink, "joerg@kunde.example")) == 1  # nothing relayed
+    assert len(smtp_sink.to("joerg@kunde.example")) == 1  # nothing relayed
     assert Message.select().where(Message.kind.in_(["agent", "note"])).count() == 0
     flagged = [m.flag for m in Message.select().where(Message.flag != "")]
     assert any("claims agent dana" in f for f in flagged)
     assert any("DMARC failed" in f for f in flagged)
-    assert any("!!" in m.message.get_content() for m in to(smtp_sink, DANA)[1:])
+    assert any("!!" in m.message.get_content() for m in smtp_sink.to(DANA)[1:])
 
 
 def test_stranger_with_a_ticket_number_opens_a_linked_ticket(
@@ -304,7 +252,7 @@ def test_stranger_with_a_ticket_number_opens_a_linked_ticket(
         .where((Message.ticket == named) & (Message.author_addr == "mallory@evil.example"))
         .exists()
     )
-    [told] = [m for m in to(smtp_sink, DANA) if "nicht daran beteiligt" in m.message.get_content()]
+    [told] = [m for m in smtp_sink.to(DANA) if "nicht daran beteiligt" in m.message.get_content()]
     assert "mallory@evil.example" in told.message.get_content()
     assert f"[MT#{stranger.number}]" in told.message.get_content()
     assert Event.select().where(Event.ticket == stranger).count() >= 1
@@ -373,7 +321,7 @@ def test_a_hundred_generated_forgeries_change_nothing(
     imap_client.append_many(forgeries)
     before = {
         "events": Event.select().count(),
-        "sent_to_customer": len(to(smtp_sink, "joerg@kunde.example")),
+        "sent_to_customer": len(smtp_sink.to("joerg@kunde.example")),
     }
     result = run_once(desk_config)
     assert result.ingest.acked == 110
@@ -383,7 +331,7 @@ def test_a_hundred_generated_forgeries_change_nothing(
     assert Message.select().where(Message.kind.in_(["agent", "note", "agent-error"])).count() == 0
     assert Message.select().where(Message.kind.in_(["relay", "command-error", "note"])).count() == 0
     assert (
-        len(to(smtp_sink, "joerg@kunde.example")) == before["sent_to_customer"]
+        len(smtp_sink.to("joerg@kunde.example")) == before["sent_to_customer"]
     )  # nothing relayed
     # "held": the send caps stopped the flood of notifications the forgeries caused;
     # "linked": a forgery with Dana's From and no valid token opens a linked ticket

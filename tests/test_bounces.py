@@ -10,18 +10,18 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import peewee as pw
 import pytest
-from harness import SUPPORT, mailtick, make_config, run_once, settings, write_config
+from harness import SUPPORT, Desk, mailtick, run_once, write_config
 from hypothesis import given
 from hypothesis import settings as examples
 from hypothesis import strategies as st
 from servers import Dovecot, ImapTestClient, ReceivedMail, SmtpSink, make_mail
 
-from mailtick.db import Address, Event, Message, Outbox, Ticket, open_database
+from mailtick.db import Address, Event, Message, Outbox, Ticket
 from mailtick.ingest.classify import classify
 from mailtick.ingest.dsn import ACTIONS, read_report
 from mailtick.ingest.parse import parse
@@ -436,48 +436,30 @@ def test_a_customer_forwarding_a_bounce_is_no_delivery_report() -> None:
 # -- end to end -----------------------------------------------------------------------------
 
 
-@pytest.fixture
-def db(db_url: str) -> Iterator[pw.Database]:
-    database = open_database(db_url)
-    yield database
-    database.close()
-
-
-def _acknowledged(
-    dovecot: Dovecot, client: ImapTestClient, sink: SmtpSink, url: str
-) -> ReceivedMail:
+def _acknowledged(desk: Desk, client: ImapTestClient) -> ReceivedMail:
     """A customer's mail opens a ticket; returns the acknowledgement the sink received."""
     client.append(make_mail(from_addr=f"Jörg Beispiel <{CUSTOMER}>", subject="Drucker", body=BODY))
-    run_once(make_config(dovecot, sink, url))
-    [ack] = sink.wait_for(1)
+    run_once(desk.config())
+    [ack] = desk.sink.wait_for(1)
     return ack
-
-
-def _show(dovecot: Dovecot, sink: SmtpSink, url: str, tmp_path: Path, number: str) -> str:
-    config = write_config(tmp_path / "config.toml", settings(dovecot, sink, url))
-    shown = mailtick("show", number, "-c", str(config))
-    assert shown.returncode == 0, shown.stderr
-    return shown.stdout
 
 
 @pytest.mark.parametrize("shape", [postfix_dsn, exim_dsn, qmail_bounce])
 def test_bounce_of_our_acknowledgement_marks_row_and_address_and_opens_no_ticket(
-    dovecot: Dovecot,
     imap_client: ImapTestClient,
     smtp_sink: SmtpSink,
-    db_url: str,
+    desk: Desk,
     db: pw.Database,
-    tmp_path: Path,
     caplog: pytest.LogCaptureFixture,
     shape: Callable[[bytes], bytes],
 ) -> None:
-    ack = _acknowledged(dovecot, imap_client, smtp_sink, db_url)
+    ack = _acknowledged(desk, imap_client)
     ack_id = ack.message["Message-ID"]
     [ticket] = Ticket.select()
 
     imap_client.append(shape(ack.raw))
     with caplog.at_level(logging.INFO, logger="mailtick.ingest"):
-        result = run_once(make_config(dovecot, smtp_sink, db_url))
+        result = run_once(desk.config())
 
     assert (result.ingest.fetched, result.ingest.acked, result.send.sent) == (1, 1, 0)
     assert Ticket.select().count() == 1 and len(smtp_sink.messages) == 1  # no answer to it
@@ -492,13 +474,13 @@ def test_bounce_of_our_acknowledgement_marks_row_and_address_and_opens_no_ticket
     assert bounce.ticket_id == ticket.id and bounce.direction == "in"
     assert bounce.thread_rule == "bounce" and ack_id in bounce.thread_detail
     [event] = Event.select().where(Event.kind == "bounced")
-    assert event.ticket_id == ticket.id and ack_id in event.detail and CUSTOMER in event.detail
+    assert event.ticket.id == ticket.id and ack_id in event.detail and CUSTOMER in event.detail
     [line] = [r.getMessage() for r in caplog.records if bounce.message_id in r.getMessage()]
     assert line.startswith("bounce INBOX/")
     assert f"MT#{ticket.number} (bounce: ack to {CUSTOMER} failed 5." in line
     assert "address marked bouncing" in line
 
-    shown = _show(dovecot, smtp_sink, db_url, tmp_path, ticket.number)
+    shown = desk.show(ticket.number)
     assert f"!! mail to {CUSTOMER} bounces: 1 bounce(s)" in shown
     assert f"[bounced] our ack {ack_id} to {CUSTOMER} bounced: 5." in shown
     assert f"to {CUSTOMER}: bounced after 1 attempt(s) bounced: 5." in shown
@@ -512,41 +494,35 @@ def test_bounce_of_our_acknowledgement_marks_row_and_address_and_opens_no_ticket
             body="Mein Postfach war voll, jetzt geht es wieder.",
         )
     )
-    run_once(make_config(dovecot, smtp_sink, db_url))
+    run_once(desk.config())
     assert not Address.get_by_id(CUSTOMER).bouncing and Ticket.select().count() == 1
-    shown = _show(dovecot, smtp_sink, db_url, tmp_path, ticket.number)
+    shown = desk.show(ticket.number)
     assert "!! mail to" not in shown
     assert f"[reachable] {CUSTOMER} wrote again" in shown
 
 
 def test_delay_warning_only_adds_an_event(
-    dovecot: Dovecot,
-    imap_client: ImapTestClient,
-    smtp_sink: SmtpSink,
-    db_url: str,
-    db: pw.Database,
-    tmp_path: Path,
+    imap_client: ImapTestClient, smtp_sink: SmtpSink, desk: Desk, db: pw.Database
 ) -> None:
-    ack = _acknowledged(dovecot, imap_client, smtp_sink, db_url)
+    ack = _acknowledged(desk, imap_client)
     [ticket] = Ticket.select()
     imap_client.append(postfix_delayed(ack.raw))
-    result = run_once(make_config(dovecot, smtp_sink, db_url))
+    result = run_once(desk.config())
 
     assert result.ingest.acked == 1 and len(smtp_sink.messages) == 1
     assert Ticket.select().count() == 1
     row = Outbox.get(Outbox.message == Message.get(Message.message_id == ack.message["Message-ID"]))
     assert row.status == "sent" and Address.get_or_none(Address.address == CUSTOMER) is None
     assert Message.get(Message.kind == "bounce").ticket_id == ticket.id
-    shown = _show(dovecot, smtp_sink, db_url, tmp_path, ticket.number)
+    shown = desk.show(ticket.number)
     assert "[delivery-delayed] our ack" in shown and "4.4.1" in shown
     assert "!! mail to" not in shown
 
 
 def test_delivery_report_about_no_mail_of_ours_is_acked_and_opens_nothing(
-    dovecot: Dovecot,
     imap_client: ImapTestClient,
     smtp_sink: SmtpSink,
-    db_url: str,
+    desk: Desk,
     db: pw.Database,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -559,7 +535,7 @@ def test_delivery_report_about_no_mail_of_ours_is_acked_and_opens_nothing(
     )
     imap_client.append(postfix_dsn(forged, rcpt="nobody@elsewhere.example"))
     with caplog.at_level(logging.INFO, logger="mailtick.ingest"):
-        result = run_once(make_config(dovecot, smtp_sink, db_url))
+        result = run_once(desk.config())
 
     assert (result.ingest.fetched, result.ingest.acked, result.send.sent) == (1, 1, 0)
     assert Ticket.select().count() == 0 and Message.select().count() == 0
@@ -583,10 +559,11 @@ def test_show_json_lists_the_bouncing_address(
     sqlite_url: str,
     tmp_path: Path,
 ) -> None:
-    ack = _acknowledged(dovecot, imap_client, smtp_sink, sqlite_url)
+    desk = Desk(dovecot, smtp_sink, sqlite_url, tmp_path)
+    ack = _acknowledged(desk, imap_client)
     imap_client.append(postfix_dsn(ack.raw))
-    run_once(make_config(dovecot, smtp_sink, sqlite_url))
-    config = write_config(tmp_path / "config.toml", settings(dovecot, smtp_sink, sqlite_url))
+    run_once(desk.config())
+    config = write_config(tmp_path / "config.toml", desk.settings())
     number = json.loads(mailtick("tickets", "--json", "-c", str(config)).stdout)[0]["number"]
     shown = json.loads(mailtick("show", number, "--json", "-c", str(config)).stdout)
     [bouncing] = shown["bouncing"]
@@ -597,7 +574,7 @@ def test_show_json_lists_the_bouncing_address(
     assert shown["thread"][1]["delivery"]["status"] == "bounced"
 
 
-TEXT = st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00")
+TEXT = st.characters(exclude_categories=["Cs"], exclude_characters="\x00")
 
 
 @examples(max_examples=150, deadline=None)

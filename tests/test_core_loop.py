@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 
@@ -26,14 +26,6 @@ ENGLISH_BODY = (
     "We get a bounce saying the recipient was rejected. Could you please have a look "
     "at our mailbox?\n\nBest regards\nJane\n"
 )
-
-
-@pytest.fixture
-def db(db_url: str) -> Iterator[pw.Database]:
-    """The test database opened for assertions (the daemon opens its own)."""
-    database = open_database(db_url)
-    yield database
-    database.close()
 
 
 def only_ticket() -> Ticket:
@@ -115,15 +107,21 @@ def test_reply_threads_into_its_ticket(
 ) -> None:
     customer_id, ack_id = _first_ticket(dovecot, imap_client, smtp_sink, db_url)
     number = only_ticket().number
-    headers: dict[str, object] = {
-        "in-reply-to": {"in_reply_to": ack_id, "references": [customer_id, ack_id]},
-        "references": {"references": ["<unknown@elsewhere.example>", ack_id]},
-        "subject-tag": {},
+    in_reply_to, references = {  # the headers of the reply, as its mail client wrote them
+        "in-reply-to": (ack_id, [customer_id, ack_id]),
+        "references": (None, ["<unknown@elsewhere.example>", ack_id]),
+        "subject-tag": (None, []),
     }[how]
     subject = f"AW: [MT#{number}] Mails kommen nicht an" if how == "subject-tag" else "AW: Mails"
     imap_client.append(
-        make_mail(from_addr=CUSTOMER, subject=subject, body="Hier die Fehlermeldung.", **headers)
-    )  # type: ignore[arg-type]
+        make_mail(
+            from_addr=CUSTOMER,
+            subject=subject,
+            body="Hier die Fehlermeldung.",
+            in_reply_to=in_reply_to,
+            references=references,
+        )
+    )
     result = run_once(make_config(dovecot, smtp_sink, db_url))
 
     assert result.ingest.acked == 1 and result.send.sent == 0  # a reply is not acknowledged again
@@ -331,9 +329,9 @@ def test_imap_security_modes(
 
 
 def test_server_without_move_gets_copy_and_expunge(
-    dovecot_factory: object, smtp_sink: SmtpSink, sqlite_url: str
+    dovecot_factory: Callable[..., Dovecot], smtp_sink: SmtpSink, sqlite_url: str
 ) -> None:
-    server: Dovecot = dovecot_factory(move=False)  # type: ignore[operator]
+    server = dovecot_factory(move=False)
     with server.client() as client:
         for n in range(3):
             client.append(make_mail(subject=f"Request {n}", body="Please call me back today."))
@@ -344,6 +342,7 @@ def test_server_without_move_gets_copy_and_expunge(
     assert not server.used_command("MOVE")
 
 
+@pytest.mark.slow
 def test_backlog_of_2000_mails(
     dovecot: Dovecot, imap_client: ImapTestClient, smtp_sink: SmtpSink, sqlite_url: str
 ) -> None:

@@ -18,6 +18,7 @@ from mailtick.db import (
     SchemaVersion,
     Ticket,
     check_durability,
+    execute,
     insert_row,
     open_database,
     utcnow,
@@ -71,11 +72,12 @@ def test_a_schema_1_database_is_upgraded_keeping_its_rows(db_url: str) -> None:
     ddl = "\n".join(line for line in lines if not line.startswith("--"))
     for statement in ddl.split(";\n"):
         if statement.strip():
-            old.execute_sql(statement)
-    old.execute_sql(
+            execute(old, statement)  # the DDL has no {p} placeholders (nor other braces)
+    execute(
+        old,
         "INSERT INTO quarantine (mailbox, uidvalidity, uid, message_id, reason, data, at)"
-        f" VALUES ('INBOX', 7, 3, '<q@x>', 'too big', {old.param}, '2026-01-02 03:04:05')",
-        (b"raw",),
+        " VALUES ('INBOX', 7, 3, '<q@x>', 'too big', {p}, '2026-01-02 03:04:05')",
+        b"raw",
     )
     old.close()
 

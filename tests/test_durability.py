@@ -50,14 +50,14 @@ def _query(db_url: str, sql: str) -> list[tuple[Any, ...]]:
     """Read the daemon's database through a connection of our own (never writing)."""
     if db_url.startswith("sqlite:///"):
         path = db_url.removeprefix("sqlite:///")
-        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as conn:
-            return conn.execute(sql).fetchall()
-    import psycopg2  # type: ignore[import-untyped]
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as lite:
+            return lite.execute(sql).fetchall()
+    import psycopg2
 
-    with contextlib.closing(psycopg2.connect(db_url)) as conn, conn.cursor() as cur:
+    with contextlib.closing(psycopg2.connect(db_url)) as pg, pg.cursor() as cur:
         cur.execute(sql)
         rows: list[tuple[Any, ...]] = cur.fetchall()
-        conn.rollback()
+        pg.rollback()
         return rows
 
 
@@ -182,6 +182,7 @@ def _silent_server() -> Iterator[int]:
         yield int(listener.getsockname()[1])
 
 
+@pytest.mark.slow
 def test_sigterm_during_a_backlog_finishes_the_mail_in_hand_and_a_restart_the_rest(
     dovecot: Dovecot, smtp_sink: SmtpSink, db_url: str, tmp_path: Path
 ) -> None:

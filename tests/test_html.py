@@ -10,18 +10,16 @@ from __future__ import annotations
 
 import base64
 import re
-from collections.abc import Iterator
 from email.message import EmailMessage
 from html.parser import HTMLParser
 from pathlib import Path
 
 import peewee as pw
 import pytest
-from harness import make_config, run_once
-from servers import Dovecot, ImapTestClient, ReceivedMail, SmtpSink, make_mail
+from harness import DANA, DANA_AGENT, Desk, run_once
+from servers import ImapTestClient, ReceivedMail, SmtpSink, make_mail
 
-from mailtick.config import Config
-from mailtick.db import Attachment, Message, open_database
+from mailtick.db import Attachment, Message
 from mailtick.ingest.parse import (
     HTML_ATTRIBUTES,
     HTML_FILE_HEAD,
@@ -34,7 +32,6 @@ from mailtick.ingest.parse import (
 )
 
 CUSTOMER = "joerg@kunde.example"
-DANA = "dana@example.com"
 
 OUTLOOK_BODY = """\
 <html xmlns:v="urn:schemas-microsoft-com:vml" xmlns:o="urn:schemas-microsoft-com:office:office"
@@ -299,32 +296,6 @@ def test_an_html_named_attachment_of_another_type_is_sanitised_too() -> None:
 # -- end to end ------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def desk_config(
-    dovecot: Dovecot, smtp_sink: SmtpSink, tmp_path: Path, db_url: str
-) -> Iterator[Config]:
-    secret = tmp_path / "reply-secret"
-    secret.write_text("5e" * 32)
-    yield make_config(
-        dovecot,
-        smtp_sink,
-        db_url,
-        security={"secret_file": str(secret), "authserv_id": "mx.example.com"},
-        agents=[{"name": "dana", "addresses": [DANA], "display_name": "Dana Example"}],
-    )
-
-
-@pytest.fixture
-def db(desk_config: Config) -> Iterator[pw.Database]:
-    database = open_database(desk_config.database.url)
-    yield database
-    database.close()
-
-
-def _to(sink: SmtpSink, addr: str) -> list[ReceivedMail]:
-    return [m for m in sink.messages if addr in m.rcpt_tos]
-
-
 def _attached(mail: ReceivedMail) -> dict[str, bytes]:
     """filename -> content of every attachment, as the recipient's mail client sees them."""
     found: dict[str, bytes] = {}
@@ -337,13 +308,11 @@ def _attached(mail: ReceivedMail) -> dict[str, bytes]:
 
 
 def test_hostile_outlook_mail_through_the_pipeline_and_an_agent_relay(
-    imap_client: ImapTestClient,
-    smtp_sink: SmtpSink,
-    desk_config: Config,
-    db: pw.Database,
+    imap_client: ImapTestClient, smtp_sink: SmtpSink, desk: Desk, db: pw.Database
 ) -> None:
+    config = desk.config(DANA_AGENT, tickets={"default_language": "en"})  # an English desk
     imap_client.append(outlook_mail())
-    run_once(desk_config)
+    run_once(config)
 
     # What the ticket keeps: the customer's words, none of the script, style or title.
     incoming = Message.get(Message.direction == "in")
@@ -356,7 +325,7 @@ def test_hostile_outlook_mail_through_the_pipeline_and_an_agent_relay(
     assert not Path("/etc/cron.d/report.html").exists()  # a name is never a path
 
     # The agent's notification carries the sanitised attachment under its safe name.
-    [notification] = _to(smtp_sink, DANA)
+    [notification] = smtp_sink.to(DANA)
     assert notification.message["Bcc"] is None
     forwarded = _attached(notification)
     assert set(forwarded) == {"report.html", SAFE_PDF_NAME}
@@ -377,8 +346,8 @@ def test_hostile_outlook_mail_through_the_pipeline_and_an_agent_relay(
             attachments=[("../guide.html", "text/html", GUIDE_HTML.encode())],
         )
     )
-    run_once(desk_config)
-    [ack, answer] = _to(smtp_sink, CUSTOMER)
+    run_once(config)
+    [ack, answer] = smtp_sink.to(CUSTOMER)
     text = answer.message.get_body(("plain",))
     assert text is not None and "please follow the attached guide" in text.get_content()
     guide = assert_safe_file(_attached(answer)["guide.html"])

@@ -41,17 +41,18 @@ bitte prüfen Sie die MX-Einträge Ihrer Domain.
 """
 
 
-def outlook_reply(**overrides: object) -> bytes:
-    fields: dict[str, object] = {
-        "from_addr": "Thomas Berger <t.berger@berger-klein.example>",
-        "to_addr": "Hostwerk Support <support@hostwerk.example>",
-        "subject": "AW: [MT#10017] Mails kommen nicht an",
-        "body": OUTLOOK_DE,
-        "headers": {"Authentication-Results": "mx.hostwerk.example; spf=pass"},
-        "attachments": [("bounce.pdf", "application/pdf", b"%PDF-1.4 bounce")],
-    }
-    fields.update(overrides)
-    return make_mail(**fields)  # type: ignore[arg-type]
+def outlook_reply(
+    subject: str = "AW: [MT#10017] Mails kommen nicht an", in_reply_to: str | None = None
+) -> bytes:
+    return make_mail(
+        from_addr="Thomas Berger <t.berger@berger-klein.example>",
+        to_addr="Hostwerk Support <support@hostwerk.example>",
+        subject=subject,
+        body=OUTLOOK_DE,
+        in_reply_to=in_reply_to,
+        headers={"Authentication-Results": "mx.hostwerk.example; spf=pass"},
+        attachments=[("bounce.pdf", "application/pdf", b"%PDF-1.4 bounce")],
+    )
 
 
 def test_german_outlook_reply_is_split_and_described() -> None:

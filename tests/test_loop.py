@@ -8,26 +8,33 @@ import json
 import logging
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import peewee as pw
 import pytest
 from aiosmtpd.smtp import Envelope, Session
-from harness import SUPPORT, daemon_process, mailtick, make_config, run_once, write_config
-from harness import settings as config_data
+from harness import (
+    DANA,
+    DANA_AGENT,
+    ELI,
+    ELI_AGENT,
+    SUPPORT,
+    Desk,
+    agent_mail,
+    daemon_process,
+    note_address,
+    run_once,
+    write_config,
+)
 from servers import Dovecot, ImapTestClient, ReceivedMail, SmtpSink, make_mail
-from test_agents import agent_mail, note_address, to
 
 from mailtick.caps import subject_key
-from mailtick.config import parse_config
+from mailtick.config import Config, parse_config
 from mailtick.db import Address, Event, Message, Outbox, Ticket, open_database
 
 CUSTOMER = "Jörg Beispiel <joerg@kunde.example>"
 JOERG = "joerg@kunde.example"
-DANA = "dana@example.com"
-ELI = "eli@example.com"
 FIRST = (
     "Guten Tag,\n\nbitte legen Sie für unsere neue Kollegin Frau Meier einen Benutzer an, "
     "mit Zugang zum Mailkonto und zum CMS.\n\nViele Grüße\nJörg\n"
@@ -78,9 +85,6 @@ class Autoresponder(SmtpSink):
             client.append(answer)
         self.answered += 1
 
-    def to(self, addr: str) -> list[ReceivedMail]:
-        return [m for m in self.messages if addr in m.rcpt_tos]
-
 
 def run_daemon_until_quiet(
     config: Path, log: Path, client: ImapTestClient, sink: Autoresponder, first: bytes
@@ -98,19 +102,6 @@ def run_daemon_until_quiet(
             elif time.monotonic() - quiet_since > 3:
                 break
             time.sleep(0.1)
-
-
-def _desk(tmp_path: Path, *agents: tuple[str, str]) -> dict[str, Any]:
-    secret = tmp_path / "reply-secret"
-    secret.write_text("3c" * 32)
-    return {
-        "security": {"secret_file": str(secret)},
-        "agents": [
-            {"name": name, "addresses": [addr], "display_name": name.title()}
-            for name, addr in agents
-        ],
-        "tickets": {"default_language": "de"},
-    }
 
 
 SCENARIOS: dict[str, tuple[str, Callable[[str], str], str]] = {
@@ -136,9 +127,9 @@ def test_naive_autoresponder_gets_at_most_three_mails(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     who, subject, drift = SCENARIOS[scenario]
-    desk = _desk(tmp_path, ("dana", DANA), ("eli", ELI))
     with Autoresponder(dovecot, set(who.split()), subject, AWAY) as sink:
-        data = config_data(dovecot, sink, db_url, drift={"action": drift}, **desk)
+        desk = Desk(dovecot, sink, db_url, tmp_path)
+        data = desk.settings(DANA_AGENT, ELI_AGENT, drift={"action": drift})
         config = write_config(tmp_path / "config.toml", data)
         first = make_mail(from_addr=CUSTOMER, subject="Benutzer erzeugen", body=FIRST)
         run_daemon_until_quiet(config, tmp_path / "daemon.log", imap_client, sink, first)
@@ -221,13 +212,6 @@ def test_a_robot_that_varies_address_and_subject_gets_at_most_three_mails(
 # -- each cap through the real pipeline -----------------------------------------------------
 
 
-@pytest.fixture
-def db(db_url: str) -> Iterator[pw.Database]:
-    database = open_database(db_url)
-    yield database
-    database.close()
-
-
 def _reply(number: str, n: int) -> bytes:
     return make_mail(
         from_addr=CUSTOMER,
@@ -236,33 +220,29 @@ def _reply(number: str, n: int) -> bytes:
     )
 
 
-def _show(tmp_path: Path, data: dict[str, Any], number: str) -> str:
-    result = mailtick("show", number, "-c", str(write_config(tmp_path / "show.toml", data)))
-    assert result.returncode == 0, result.stderr
-    return result.stdout
+def _open_ticket(client: ImapTestClient, config: Config) -> str:
+    """Jörg asks for a new user; the number of the ticket it opened."""
+    client.append(make_mail(from_addr=CUSTOMER, subject="Benutzer erzeugen", body=FIRST))
+    run_once(config)
+    return str(Ticket.get().number)
 
 
 def test_eleventh_mail_about_a_ticket_in_ten_minutes_is_held(
-    dovecot: Dovecot,
     imap_client: ImapTestClient,
     smtp_sink: SmtpSink,
-    tmp_path: Path,
-    db_url: str,
+    desk: Desk,
     db: pw.Database,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    desk = _desk(tmp_path, ("dana", DANA))
-    data = config_data(dovecot, smtp_sink, db_url, drift={"action": "off"}, **desk)
+    data = desk.settings(DANA_AGENT, drift={"action": "off"})
     config = parse_config(data, env={})
-    imap_client.append(make_mail(from_addr=CUSTOMER, subject="Benutzer erzeugen", body=FIRST))
-    run_once(config)
-    number = str(Ticket.get().number)
+    number = _open_ticket(imap_client, config)
     imap_client.append_many([_reply(number, n) for n in range(1, 11)])
     with caplog.at_level(logging.WARNING, logger="mailtick.caps"):
         result = run_once(config)
 
     assert result.ingest.acked == 10 and Ticket.select().count() == 1
-    assert len(to(smtp_sink, DANA)) == 10  # the customer's 11th mail reached Dana only on file
+    assert len(smtp_sink.to(DANA)) == 10  # the customer's 11th mail reached Dana only on file
     reason = f"ticket-burst, 10 mails to {DANA} about MT#{number} in 10 min"
     [held] = Outbox.select().where(Outbox.status == "held")
     assert held.last_error == f"held: {reason}" and held.kind == "notification"
@@ -271,19 +251,13 @@ def test_eleventh_mail_about_a_ticket_in_ten_minutes_is_held(
         f"held notification to {DANA} on MT#{number}: {reason} ({held.message.message_id})"
     ) == 1
     assert Event.get(Event.kind == "held").detail == f"notification to {DANA}: {reason}"
-    shown = _show(tmp_path, data, number)
-    assert f"[held] notification to {DANA}: {reason}" in shown
+    assert f"[held] notification to {DANA}: {reason}" in desk.show(number, data=data)
     assert run_once(config).send.sent == 0  # a held mail is never sent later either
     assert len(smtp_sink.messages) == 11  # 1 acknowledgement, 10 notifications
 
 
 def test_one_acknowledgement_per_sender_and_subject_a_day(
-    dovecot: Dovecot,
-    imap_client: ImapTestClient,
-    smtp_sink: SmtpSink,
-    tmp_path: Path,
-    db_url: str,
-    db: pw.Database,
+    imap_client: ImapTestClient, smtp_sink: SmtpSink, desk: Desk, db: pw.Database
 ) -> None:
     subjects = [
         (CUSTOMER, "Drucker defekt"),
@@ -295,8 +269,7 @@ def test_one_acknowledgement_per_sender_and_subject_a_day(
     imap_client.append_many(
         [make_mail(from_addr=who, subject=s, body="Bitte helfen Sie uns.") for who, s in subjects]
     )
-    data = config_data(dovecot, smtp_sink, db_url)
-    run_once(make_config(dovecot, smtp_sink, db_url))
+    run_once(desk.config())
 
     assert Ticket.select().count() == 5  # every mail has its ticket
     sent = sorted(
@@ -312,22 +285,15 @@ def test_one_acknowledgement_per_sender_and_subject_a_day(
     reason = f'same-subject, 1 acknowledgement to {JOERG} about "drucker defekt" in 1 day'
     assert {h.last_error for h in held} == {f"held: {reason}"}
     number = str(Ticket.get(Ticket.subject == "Automatic reply: drucker DEFEKT").number)
-    assert reason in _show(tmp_path, data, number)
-    shown = mailtick("show", number, "--json", "-c", str(tmp_path / "show.toml"))
-    [entry] = json.loads(shown.stdout)["held"]
+    assert reason in desk.show(number)
+    [entry] = json.loads(desk.show(number, "--json"))["held"]
     assert (entry["kind"], entry["to"], entry["reason"]) == ("ack", [JOERG], reason)
 
 
 def test_daily_cap_per_customer_address_but_not_for_agents(
-    dovecot: Dovecot,
-    imap_client: ImapTestClient,
-    smtp_sink: SmtpSink,
-    tmp_path: Path,
-    db_url: str,
-    db: pw.Database,
+    imap_client: ImapTestClient, smtp_sink: SmtpSink, desk: Desk, db: pw.Database
 ) -> None:
-    desk = _desk(tmp_path, ("dana", DANA))
-    config = make_config(dovecot, smtp_sink, db_url, limits={"daily_per_address": 3}, **desk)
+    config = desk.config(DANA_AGENT, limits={"daily_per_address": 3})
     topics = ["Drucker defekt", "Rechnung falsch", "Passwort vergessen", "WLAN geht nicht"]
     imap_client.append_many(
         [make_mail(from_addr=CUSTOMER, subject=s, body="Bitte helfen Sie uns.") for s in topics]
@@ -335,34 +301,26 @@ def test_daily_cap_per_customer_address_but_not_for_agents(
     run_once(config)
 
     assert Ticket.select().count() == 4
-    assert len(to(smtp_sink, JOERG)) == 3
-    assert len(to(smtp_sink, DANA)) == 4  # agents are exempt from the daily cap
+    assert len(smtp_sink.to(JOERG)) == 3
+    assert len(smtp_sink.to(DANA)) == 4  # agents are exempt from the daily cap
     [held] = Outbox.select().where(Outbox.status == "held")
     assert held.last_error == f"held: daily-per-address, 3 mails to {JOERG} in 1 day"
     assert held.message.ticket.subject == "WLAN geht nicht"
 
 
 def test_bouncing_address_gets_no_automatic_mail_but_the_agents_answer(
-    dovecot: Dovecot,
-    imap_client: ImapTestClient,
-    smtp_sink: SmtpSink,
-    tmp_path: Path,
-    db_url: str,
-    db: pw.Database,
+    imap_client: ImapTestClient, smtp_sink: SmtpSink, desk: Desk, db: pw.Database
 ) -> None:
-    desk = _desk(tmp_path, ("dana", DANA))
-    config = make_config(dovecot, smtp_sink, db_url, drift={"action": "off"}, **desk)
-    imap_client.append(make_mail(from_addr=CUSTOMER, subject="Benutzer erzeugen", body=FIRST))
-    run_once(config)
-    number = str(Ticket.get().number)
+    config = desk.config(DANA_AGENT, drift={"action": "off"})
+    number = _open_ticket(imap_client, config)
     imap_client.append(_reply(number, 1))
     run_once(config)
     # Our mail to Jörg bounced since (a person writing again would clear the mark).
     Address.create(address=JOERG, bouncing=True, bounces=1, last_bounce="5.1.1 user unknown")
-    imap_client.append(agent_mail(to(smtp_sink, DANA)[-1], "#split\nIhr CMS-Zugang ist da."))
+    imap_client.append(agent_mail(smtp_sink.to(DANA)[-1], "#split\nIhr CMS-Zugang ist da."))
     run_once(config)
 
-    [_, answer] = to(smtp_sink, JOERG)  # a person decided to write: never held
+    [_, answer] = smtp_sink.to(JOERG)  # a person decided to write: never held
     assert "Ihr CMS-Zugang ist da." in answer.message.get_content()
     [held] = Outbox.select().where(Outbox.status == "held")  # the split notice, automatic
     assert (held.kind, held.last_error) == ("split", f"held: bouncing, mail to {JOERG} bounces")
@@ -381,21 +339,16 @@ def test_bouncing_address_gets_no_automatic_mail_but_the_agents_answer(
     ],
 )
 def test_agents_autoresponder_is_stored_but_never_relayed_or_obeyed(
-    dovecot: Dovecot,
     imap_client: ImapTestClient,
     smtp_sink: SmtpSink,
-    tmp_path: Path,
-    db_url: str,
+    desk: Desk,
     db: pw.Database,
     subject: str,
     headers: dict[str, str],
 ) -> None:
-    config = make_config(
-        dovecot, smtp_sink, db_url, **_desk(tmp_path, ("dana", DANA), ("eli", ELI))
-    )
-    imap_client.append(make_mail(from_addr=CUSTOMER, subject="Benutzer erzeugen", body=FIRST))
-    run_once(config)
-    [notification] = to(smtp_sink, DANA)
+    config = desk.config(DANA_AGENT, ELI_AGENT)
+    _open_ticket(imap_client, config)
+    [notification] = smtp_sink.to(DANA)
     imap_client.append(
         make_mail(
             from_addr=f"Dana Example <{DANA}>",
@@ -408,30 +361,23 @@ def test_agents_autoresponder_is_stored_but_never_relayed_or_obeyed(
     result = run_once(config)
 
     assert result.ingest.acked == 1 and result.send.sent == 0
-    assert len(to(smtp_sink, JOERG)) == 1  # the acknowledgement only: nothing relayed
-    assert len(to(smtp_sink, ELI)) == 1  # and nobody told
+    assert len(smtp_sink.to(JOERG)) == 1  # the acknowledgement only: nothing relayed
+    assert len(smtp_sink.to(ELI)) == 1  # and nobody told
     ticket = Ticket.get()
     assert (ticket.status, ticket.owner) == ("open", None)  # "#close" was not obeyed
     stored = Message.get((Message.author_addr == DANA) & (Message.direction == "in"))
     assert stored.kind == "automatic" and stored.ticket_id == ticket.id
     assert "not relayed" in stored.thread_detail
-    assert Event.get(Event.kind == "not-relayed").ticket_id == ticket.id
+    assert Event.get(Event.kind == "not-relayed").ticket.id == ticket.id
 
 
 # -- the headers of every mail we send -------------------------------------------------------
 
 
 def test_every_mail_we_send_carries_the_loop_headers_and_a_stored_message_id(
-    dovecot: Dovecot,
-    imap_client: ImapTestClient,
-    smtp_sink: SmtpSink,
-    tmp_path: Path,
-    db_url: str,
-    db: pw.Database,
+    imap_client: ImapTestClient, smtp_sink: SmtpSink, desk: Desk, db: pw.Database
 ) -> None:
-    config = make_config(
-        dovecot, smtp_sink, db_url, **_desk(tmp_path, ("dana", DANA), ("eli", ELI))
-    )
+    config = desk.config(DANA_AGENT, ELI_AGENT)
 
     def step(raw: bytes) -> None:
         imap_client.append(raw)
@@ -439,7 +385,7 @@ def test_every_mail_we_send_carries_the_loop_headers_and_a_stored_message_id(
 
     step(make_mail(from_addr=CUSTOMER, subject="Benutzer erzeugen", body=FIRST))  # ack, notes
     number = str(Ticket.get().number)
-    [notification] = to(smtp_sink, DANA)
+    [notification] = smtp_sink.to(DANA)
     step(agent_mail(notification, "Kunde ist VIP.", address=note_address(notification)))  # note
     step(agent_mail(notification, "#staus closed"))  # command error
     step(agent_mail(notification, "Wir legen den Benutzer heute an."))  # relay
@@ -494,24 +440,18 @@ def test_every_mail_we_send_carries_the_loop_headers_and_a_stored_message_id(
 
 
 def test_the_same_answer_twice_from_an_agent_is_relayed_once(
-    dovecot: Dovecot,
-    imap_client: ImapTestClient,
-    smtp_sink: SmtpSink,
-    tmp_path: Path,
-    db_url: str,
-    db: pw.Database,
+    imap_client: ImapTestClient, smtp_sink: SmtpSink, desk: Desk, db: pw.Database
 ) -> None:
     """A naive autoresponder of an agent, answering every notification with the same text."""
-    config = make_config(dovecot, smtp_sink, db_url, **_desk(tmp_path, ("dana", DANA)))
-    imap_client.append(make_mail(from_addr=CUSTOMER, subject="Benutzer erzeugen", body=FIRST))
-    run_once(config)
-    [notification] = to(smtp_sink, DANA)
+    config = desk.config(DANA_AGENT)
+    _open_ticket(imap_client, config)
+    [notification] = smtp_sink.to(DANA)
     imap_client.append(agent_mail(notification, AWAY))
     run_once(config)
     imap_client.append(agent_mail(notification, AWAY))
     run_once(config)
 
-    [_, relayed] = to(smtp_sink, JOERG)
+    [_, relayed] = smtp_sink.to(JOERG)
     assert "Ich bin im Urlaub" in relayed.message.get_content()
     second = Message.get((Message.author_addr == DANA) & (Message.kind == "automatic"))
     assert "same text" in second.thread_detail

@@ -16,9 +16,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from harness import REPO, make_config, run_once, settings, spawn_daemon, wait_until, write_config
-from servers import Dovecot, ImapTestClient, SmtpSink, make_mail, stop_process
-from test_workers import slow_mail
+from servers import Dovecot, ImapTestClient, SmtpSink, make_mail, slow_mail, stop_process
 
 from mailtick.db import Attempt, Quarantine, Ticket, open_database
 
@@ -65,6 +65,7 @@ def test_a_mail_whose_parse_times_out_is_quarantined_after_3_tries_and_blocks_no
     db.close()
 
 
+@pytest.mark.slow
 def test_a_mail_that_kills_the_daemon_is_quarantined_after_3_crashes(
     dovecot: Dovecot, imap_client: ImapTestClient, smtp_sink: SmtpSink, tmp_path: Path
 ) -> None:
@@ -81,8 +82,12 @@ def test_a_mail_that_kills_the_daemon_is_quarantined_after_3_crashes(
         log = tmp_path / f"daemon-{expected_try}.log"
         proc = spawn_daemon(config, log)
         try:
+
+            def tried(n: int = expected_try) -> bool:
+                return tries_of(db_path, uid=1) == n
+
             # The try is committed before the mail is handled; kill the daemon inside it.
-            wait_until(lambda n=expected_try: tries_of(db_path, uid=1) == n, 30)  # type: ignore[misc]
+            wait_until(tried, 30)
             proc.send_signal(signal.SIGKILL)
             proc.wait(10)
             kills += 1

@@ -86,7 +86,7 @@ def test_a_local_part_over_64_characters_is_refused() -> None:
 )
 def test_address_refuses_bad_input(support: str, kind: str, ticket: str) -> None:
     with pytest.raises(ValueError):
-        SIGNER.address(support, kind, ticket, "dana")  # type: ignore[arg-type]
+        SIGNER.address(support, kind, ticket, "dana")  # type: ignore[arg-type]  # kind "x" on purpose
 
 
 def test_the_secret_must_have_32_bytes() -> None:

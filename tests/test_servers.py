@@ -15,7 +15,15 @@ import psycopg2
 import pytest
 
 # tests/servers.py: pytest puts tests/ on sys.path (tests/ has no __init__.py).
-from servers import Dovecot, ImapTestClient, SmtpSink, free_port, make_mail, parse_mail
+from servers import (
+    Dovecot,
+    ImapTestClient,
+    SmtpSecurity,
+    SmtpSink,
+    free_port,
+    make_mail,
+    parse_mail,
+)
 
 # -- Dovecot ---------------------------------------------------------------------------------
 
@@ -270,8 +278,8 @@ def test_smtp_sink_wait_for_times_out_with_details(smtp_sink: SmtpSink) -> None:
 
 
 @pytest.mark.parametrize("security", ["tls", "starttls"])
-def test_smtp_sink_tls_with_auth(security: str) -> None:
-    with SmtpSink(security=security, auth=("mailer", "pw")) as sink:  # type: ignore[arg-type]
+def test_smtp_sink_tls_with_auth(security: SmtpSecurity) -> None:
+    with SmtpSink(security=security, auth=("mailer", "pw")) as sink:
         context = sink.ssl_context()
         smtp = (
             smtplib.SMTP_SSL(sink.host, sink.port, context=context)

@@ -5,20 +5,17 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
-from pathlib import Path
 
 import peewee as pw
 import pytest
-from harness import REPO, make_config, run_once
-from servers import Dovecot, ImapTestClient, ReceivedMail, SmtpSink, make_mail
+from harness import DANA, DANA_AGENT, REPO, Desk, run_once
+from servers import ImapTestClient, SmtpSink, make_mail
 
 from mailtick.config import Config
-from mailtick.db import Message, Ticket, open_database
+from mailtick.db import Message, Ticket
 
 CUSTOMER = "Jörg Beispiel <joerg@kunde.example>"
 JOERG = "joerg@kunde.example"
-DANA = "dana@example.com"
 FIRST = (
     "Guten Tag,\n\nbitte legen Sie für unsere neue Kollegin Frau Meier einen Benutzer an, "
     "mit Zugang zum Mailkonto und zum CMS.\n\nViele Grüße\nJörg\n"
@@ -27,40 +24,23 @@ WIFI = "Hallo,\n\ndas WLAN im Büro geht seit heute früh nicht mehr, kein Gerä
 THANKS = "Vielen Dank, der Benutzer für Frau Meier funktioniert jetzt, sie kann sich anmelden.\n"
 
 
-def config_for(dovecot: Dovecot, sink: SmtpSink, tmp_path: Path, url: str, action: str) -> Config:
-    secret = tmp_path / "reply-secret"
-    secret.write_text("7a" * 32)
-    return make_config(
-        dovecot,
-        sink,
-        url,
-        drift={"action": action},
-        security={"secret_file": str(secret)},
-        agents=[{"name": "dana", "addresses": [DANA], "display_name": "Dana Example"}],
-        tickets={"default_language": "de"},
-    )
-
-
 @pytest.fixture
-def db(sqlite_url: str) -> Iterator[pw.Database]:
-    database = open_database(sqlite_url)
-    yield database
-    database.close()
+def db_url(sqlite_url: str) -> str:
+    """Topic drift reads text, not the database: SQLite alone (the `db` and `desk` fixtures)."""
+    return sqlite_url
 
 
-def to(sink: SmtpSink, addr: str) -> list[ReceivedMail]:
-    return [m for m in sink.messages if addr in m.rcpt_tos]
-
-
-def ticket_and_reply(client: ImapTestClient, config: Config, body: str) -> tuple[str, ReceivedMail]:
-    """Jörg opens "Benutzer erzeugen", then replies to the acknowledgement with `body`."""
+def ticket_and_reply(client: ImapTestClient, config: Config, body: str) -> str:
+    """Jörg opens "Benutzer erzeugen", then replies to the acknowledgement with `body`; the
+    ticket's number."""
     client.append(make_mail(from_addr=CUSTOMER, subject="Benutzer erzeugen", body=FIRST))
     run_once(config)
     number = str(Ticket.get().number)
-    return number, _reply(client, config, number, body)
+    _reply(client, config, number, body)
+    return number
 
 
-def _reply(client: ImapTestClient, config: Config, number: str, body: str) -> ReceivedMail:
+def _reply(client: ImapTestClient, config: Config, number: str, body: str) -> None:
     ack = Message.get(
         (Message.kind == "ack") & (Message.ticket == Ticket.get(Ticket.number == number))
     )
@@ -73,28 +53,22 @@ def _reply(client: ImapTestClient, config: Config, number: str, body: str) -> Re
         )
     )
     run_once(config)
-    return ack  # type: ignore[return-value]
 
 
 def test_warn_keeps_the_reply_tells_customer_and_agent(
-    dovecot: Dovecot,
-    imap_client: ImapTestClient,
-    smtp_sink: SmtpSink,
-    tmp_path: Path,
-    sqlite_url: str,
-    db: pw.Database,
+    imap_client: ImapTestClient, smtp_sink: SmtpSink, desk: Desk, db: pw.Database
 ) -> None:
-    config = config_for(dovecot, smtp_sink, tmp_path, sqlite_url, "warn")
-    number, _ = ticket_and_reply(imap_client, config, WIFI)
+    config = desk.config(DANA_AGENT, drift={"action": "warn"})
+    number = ticket_and_reply(imap_client, config, WIFI)
     assert Ticket.select().count() == 1
     reply = Message.select().where(Message.kind == "customer").order_by(Message.id.desc()).get()
     decision = json.loads(reply.drift)
     assert decision["new_topic"] and decision["action"] == "warn" and decision["reasons"]
-    [warning] = [m for m in to(smtp_sink, JOERG) if "NEU" in m.message.get_content()]
+    [warning] = [m for m in smtp_sink.to(JOERG) if "NEU" in m.message.get_content()]
     assert warning.message["Subject"] == f"[MT#{number}] Benutzer erzeugen"
     assert warning.message["In-Reply-To"] == reply.message_id
     assert warning.message["Auto-Submitted"] == "auto-replied"
-    assert any("possible new topic" in m.message.get_content() for m in to(smtp_sink, DANA))
+    assert any("possible new topic" in m.message.get_content() for m in smtp_sink.to(DANA))
 
     # The customer answers the warning with NEU: the Wi-Fi message gets its own ticket.
     imap_client.append(
@@ -109,57 +83,42 @@ def test_warn_keeps_the_reply_tells_customer_and_agent(
     old, new = list(Ticket.select().order_by(Ticket.id))
     assert new.linked_to_id == old.id and "WLAN" in new.subject
     assert Message.get(Message.message_id == reply.message_id).ticket_id == new.id
-    [told] = [m for m in to(smtp_sink, JOERG) if f"[MT#{new.number}]" in str(m.message["Subject"])]
+    [told] = [m for m in smtp_sink.to(JOERG) if f"[MT#{new.number}]" in str(m.message["Subject"])]
     assert f"[MT#{old.number}]" in told.message.get_content()
 
 
 def test_thank_you_is_not_a_new_topic(
-    dovecot: Dovecot,
-    imap_client: ImapTestClient,
-    smtp_sink: SmtpSink,
-    tmp_path: Path,
-    sqlite_url: str,
-    db: pw.Database,
+    imap_client: ImapTestClient, smtp_sink: SmtpSink, desk: Desk, db: pw.Database
 ) -> None:
-    config = config_for(dovecot, smtp_sink, tmp_path, sqlite_url, "warn")
+    config = desk.config(DANA_AGENT, drift={"action": "warn"})
     ticket_and_reply(imap_client, config, THANKS)
     reply = Message.select().where(Message.kind == "customer").order_by(Message.id.desc()).get()
     assert json.loads(reply.drift)["action"] == "none"
-    assert not any("NEU" in m.message.get_content() for m in to(smtp_sink, JOERG))
+    assert not any("NEU" in m.message.get_content() for m in smtp_sink.to(JOERG))
 
 
 def test_split_opens_a_linked_ticket_and_tells_both_numbers(
-    dovecot: Dovecot,
-    imap_client: ImapTestClient,
-    smtp_sink: SmtpSink,
-    tmp_path: Path,
-    sqlite_url: str,
-    db: pw.Database,
+    imap_client: ImapTestClient, smtp_sink: SmtpSink, desk: Desk, db: pw.Database
 ) -> None:
-    config = config_for(dovecot, smtp_sink, tmp_path, sqlite_url, "split")
+    config = desk.config(DANA_AGENT, drift={"action": "split"})
     ticket_and_reply(imap_client, config, WIFI)
     old, new = list(Ticket.select().order_by(Ticket.id))
     assert new.linked_to_id == old.id
     moved = Message.get(Message.ticket == new)
     assert json.loads(moved.drift)["action"] == "split"
-    [told] = [m for m in to(smtp_sink, JOERG) if f"[MT#{new.number}]" in str(m.message["Subject"])]
+    [told] = [m for m in smtp_sink.to(JOERG) if f"[MT#{new.number}]" in str(m.message["Subject"])]
     assert f"[MT#{old.number}]" in told.message.get_content()
 
 
 def test_agent_split_command(
-    dovecot: Dovecot,
-    imap_client: ImapTestClient,
-    smtp_sink: SmtpSink,
-    tmp_path: Path,
-    sqlite_url: str,
-    db: pw.Database,
+    imap_client: ImapTestClient, smtp_sink: SmtpSink, desk: Desk, db: pw.Database
 ) -> None:
-    config = config_for(dovecot, smtp_sink, tmp_path, sqlite_url, "off")
+    config = desk.config(DANA_AGENT, drift={"action": "off"})
     ticket_and_reply(imap_client, config, WIFI)
     assert Ticket.select().count() == 1 and not any(
-        "NEU" in m.message.get_content() for m in to(smtp_sink, JOERG)
+        "NEU" in m.message.get_content() for m in smtp_sink.to(JOERG)
     )
-    notification = to(smtp_sink, DANA)[-1]
+    notification = smtp_sink.to(DANA)[-1]
     imap_client.append(
         make_mail(
             from_addr=f"Dana Example <{DANA}>",
@@ -171,7 +130,7 @@ def test_agent_split_command(
     run_once(config)
     old, new = list(Ticket.select().order_by(Ticket.id))
     assert new.linked_to_id == old.id and "WLAN" in new.subject
-    assert any(f"[MT#{new.number}]" in str(m.message["Subject"]) for m in to(smtp_sink, JOERG))
+    assert any(f"[MT#{new.number}]" in str(m.message["Subject"]) for m in smtp_sink.to(JOERG))
 
 
 def test_drift_command_line_contract() -> None:

@@ -8,11 +8,12 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
-from servers import make_mail
+from servers import make_mail, slow_mail
 
-from mailtick.ingest.workers import ParsePool, parse_many
+from mailtick.ingest.workers import Parsed, ParsePool, parse_many
 from mailtick.mail import ParsedMail
 from mailtick.outcomes import Transient
 
@@ -29,10 +30,8 @@ def test_workers_parse_like_the_database_thread() -> None:
     finally:
         pool.close()
     inline = parse_many(MAILS, "en")
-    assert all(isinstance(m, ParsedMail) for m in pooled)
-    assert [(m.message_id, m.subject, m.language) for m in pooled] == [  # type: ignore[union-attr]
-        (m.message_id, m.subject, m.language)
-        for m in inline  # type: ignore[union-attr]
+    assert [(m.message_id, m.subject, m.language) for m in _all_parsed(pooled)] == [
+        (m.message_id, m.subject, m.language) for m in _all_parsed(inline)
     ]
 
 
@@ -41,27 +40,12 @@ def test_a_killed_worker_costs_nothing_the_batch_is_parsed_again() -> None:
     try:
         pool.start()
         asyncio.run(pool.parse(MAILS))
-        for pid in list(pool._pool._processes):  # type: ignore[union-attr]
+        for pid in _worker_pids(pool):
             os.kill(pid, signal.SIGKILL)
         again = asyncio.run(pool.parse(MAILS))  # one at a time, in a fresh pool
-        assert [m.subject for m in again] == [f"Request {n}" for n in range(12)]  # type: ignore[union-attr]
+        assert [m.subject for m in _all_parsed(again)] == [f"Request {n}" for n in range(12)]
     finally:
         pool.close()
-
-
-def slow_mail(parts: int = 40_000) -> bytes:
-    """A real mail that mail-parser needs seconds for (40,000 MIME parts, about 4 MB)."""
-    body = "".join(
-        f"--b\r\nContent-Type: text/plain\r\n"
-        f'Content-Disposition: attachment; filename="f{i}.txt"\r\n\r\nx{i}\r\n'
-        for i in range(parts)
-    )
-    head = (
-        "From: slow@customer.example\r\nTo: support@example.com\r\nSubject: Many parts\r\n"
-        "Message-ID: <slow@customer.example>\r\nMIME-Version: 1.0\r\n"
-        "Content-Type: multipart/mixed; boundary=b\r\n\r\n"
-    )
-    return (head + body + "--b--\r\n").encode()
 
 
 def test_a_mail_over_the_parse_timeout_fails_alone_and_its_worker_is_killed() -> None:
@@ -69,15 +53,15 @@ def test_a_mail_over_the_parse_timeout_fails_alone_and_its_worker_is_killed() ->
     batch = [*MAILS[:5], slow_mail(), *MAILS[5:]]
     try:
         pool.start()
-        workers = list(pool._pool._processes)  # type: ignore[union-attr]
+        workers = _worker_pids(pool)
         started = time.monotonic()
         results = asyncio.run(pool.parse(batch))
         took = time.monotonic() - started
     finally:
         pool.close()
     assert isinstance(results[5], Transient) and "parse_timeout=0.5s" in results[5].reason
-    parsed = [r for n, r in enumerate(results) if n != 5]
-    assert [m.subject for m in parsed] == [f"Request {n}" for n in range(12)]  # type: ignore[union-attr]
+    parsed = _all_parsed([r for n, r in enumerate(results) if n != 5])
+    assert [m.subject for m in parsed] == [f"Request {n}" for n in range(12)]
     assert took < 0.5 * 2 + 5  # the batch, then the slow mail alone; the rest is quick
     assert not any(_alive(pid) for pid in workers)  # the stuck worker was killed
 
@@ -92,16 +76,30 @@ def test_workers_die_with_the_daemon(tmp_path: Path) -> None:
         "print(' '.join(str(p) for p in pool._pool._processes), flush=True)\n"
         "time.sleep(60)\n"
     )
-    daemon = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
-    assert daemon.stdout is not None
-    workers = [int(p) for p in daemon.stdout.readline().split()]
-    assert len(workers) == 2
-    daemon.kill()
-    daemon.wait()
+    command = [sys.executable, str(script)]
+    with subprocess.Popen(command, stdout=subprocess.PIPE, text=True) as daemon:
+        assert daemon.stdout is not None
+        workers = [int(p) for p in daemon.stdout.readline().split()]
+        assert len(workers) == 2
+        daemon.kill()
+        daemon.wait()
     deadline = time.monotonic() + 10
     while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not any(_alive(pid) for pid in workers)
+
+
+def _all_parsed(results: Sequence[Parsed]) -> list[ParsedMail]:
+    """The results, each asserted to be a parsed mail (no Rejected or Transient outcome)."""
+    parsed = [r for r in results if isinstance(r, ParsedMail)]
+    assert len(parsed) == len(results), results
+    return parsed
+
+
+def _worker_pids(pool: ParsePool) -> list[int]:
+    """The process ids of a started pool's workers (ProcessPoolExecutor keeps them by pid)."""
+    assert pool._pool is not None, "the pool is not started"
+    return list(pool._pool._processes)
 
 
 def _alive(pid: int) -> bool:
