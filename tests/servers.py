@@ -1105,8 +1105,8 @@ def stop_process(proc: subprocess.Popen[Any], timeout: float = 30) -> None:
 def terminate_backends(url: str, allow_connections: bool = True) -> int:
     """pg_terminate_backend for every connection to the database of `url`, as a PostgreSQL
     restart or a failover does to the daemon's connections. allow_connections=False
-    also refuses new connections until `allow_connections(url)`: a database that stays away."""
-    import psycopg2  # type: ignore[import-untyped]
+    also refuses new connections (until a call with True): a database that stays away."""
+    import psycopg2
     from psycopg2 import sql
 
     name = urlsplit(url).path.lstrip("/")

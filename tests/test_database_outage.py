@@ -23,8 +23,8 @@ def test_after_its_connections_are_terminated_the_daemon_reconnects_and_goes_on(
                 imap.append(
                     make_mail(from_addr=f"r{round_}n{n}@kunde.example", subject=f"After {n}")
                 )
-            started = time.monotonic()
-            wait_until(lambda r=round_: len(smtp_sink.messages) == 1 + 5 * (r + 1), 30)
+            started, wanted = time.monotonic(), 1 + 5 * (round_ + 1)
+            wait_until(lambda: len(smtp_sink.messages) == wanted, 30)  # noqa: B023
             assert time.monotonic() - started < 30
         wait_until(lambda: imap.count() == 0, 10)
     text = log.read_text()

@@ -4,44 +4,26 @@ token, no From read two ways (real Dovecot, aiosmtpd, SQLite and PostgreSQL)."""
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
-from pathlib import Path
 
 import peewee as pw
 import pytest
-from harness import make_config, run_once
-from servers import Dovecot, ImapTestClient, ReceivedMail, SmtpSink, make_mail
+from harness import DANA, DANA_AGENT, Desk, run_once
+from servers import ImapTestClient, ReceivedMail, SmtpSink, make_mail
 
 from mailtick.config import Config
-from mailtick.db import Event, Message, Participant, Ticket, open_database
+from mailtick.db import Event, Message, Participant, Ticket
 from mailtick.ingest.parse import read_from
 from mailtick.record.leaks import Cut, cut_leaks
 
 CUSTOMER = "joerg@kunde.example"
-DANA = "dana@example.com"
 MALLORY = "mallory@evil.example"
 TOKEN = re.compile(r"support\+[rn]-", re.IGNORECASE)
 
 
 @pytest.fixture
-def desk(dovecot: Dovecot, smtp_sink: SmtpSink, tmp_path: Path, db_url: str) -> Iterator[Config]:
-    secret = tmp_path / "reply-secret"
-    secret.write_text("5e" * 32)
-    config = make_config(
-        dovecot,
-        smtp_sink,
-        db_url,
-        security={"secret_file": str(secret), "authserv_id": "mx.example.com"},
-        agents=[{"name": "dana", "addresses": [DANA], "display_name": "Dana Example"}],
-        tickets={"default_language": "de"},
-    )
-    database: pw.Database = open_database(config.database.url)
-    yield config
-    database.close()
-
-
-def to(sink: SmtpSink, addr: str) -> list[ReceivedMail]:
-    return [m for m in sink.messages if addr in m.rcpt_tos]
+def config(desk: Desk, db: pw.Database) -> Config:
+    """A desk with one agent, Dana; the database open for the test's own queries."""
+    return desk.config(DANA_AGENT)
 
 
 def open_ticket(client: ImapTestClient, sink: SmtpSink, config: Config) -> tuple[Ticket, str]:
@@ -54,7 +36,7 @@ def open_ticket(client: ImapTestClient, sink: SmtpSink, config: Config) -> tuple
         )
     )
     run_once(config)
-    [notification] = to(sink, DANA)
+    [notification] = sink.to(DANA)
     return Ticket.get(), notification.message["Reply-To"].addresses[0].addr_spec
 
 
@@ -62,9 +44,9 @@ def open_ticket(client: ImapTestClient, sink: SmtpSink, config: Config) -> tuple
 
 
 def test_an_agents_from_without_token_cannot_write_into_or_reopen_a_ticket(
-    imap_client: ImapTestClient, smtp_sink: SmtpSink, desk: Config
+    imap_client: ImapTestClient, smtp_sink: SmtpSink, config: Config
 ) -> None:
-    ticket, _ = open_ticket(imap_client, smtp_sink, desk)
+    ticket, _ = open_ticket(imap_client, smtp_sink, config)
     forged = make_mail(
         from_addr=f"Dana Example <{DANA}>",
         subject=f"Re: [MT#{ticket.number}] Mails kommen nicht an",
@@ -72,7 +54,7 @@ def test_an_agents_from_without_token_cannot_write_into_or_reopen_a_ticket(
         headers={"Cc": MALLORY},
     )
     imap_client.append(forged)
-    run_once(desk)
+    run_once(config)
     assert (
         Message.select().where((Message.ticket == ticket) & (Message.direction == "in")).count()
         == 1
@@ -80,7 +62,7 @@ def test_an_agents_from_without_token_cannot_write_into_or_reopen_a_ticket(
     assert not Participant.select().where(Participant.address == MALLORY).exists()
     linked = Ticket.get(Ticket.linked_to == ticket)
     assert "claims agent dana" in Message.get(Message.ticket == linked).flag
-    told = [m for m in to(smtp_sink, DANA) if f"[MT#{linked.number}]" in m.message.get_content()]
+    told = [m for m in smtp_sink.to(DANA) if f"[MT#{linked.number}]" in m.message.get_content()]
     assert told, "the ticket's agents are told of the linked ticket"
 
     # Mallory, copied in by the forgery, is nobody's participant: her mail with A's tag
@@ -88,7 +70,7 @@ def test_an_agents_from_without_token_cannot_write_into_or_reopen_a_ticket(
     imap_client.append(
         make_mail(from_addr=MALLORY, subject=f"Re: [MT#{ticket.number}] Mails kommen nicht an")
     )
-    run_once(desk)
+    run_once(config)
     assert (
         not Message.select()
         .where((Message.ticket == ticket) & (Message.author_addr == MALLORY))
@@ -100,7 +82,7 @@ def test_an_agents_from_without_token_cannot_write_into_or_reopen_a_ticket(
         Ticket.id == ticket.id
     ).execute()
     imap_client.append(forged.replace(b"@customer.example>", b"@customer.example.2>", 1))
-    run_once(desk)
+    run_once(config)
     assert Ticket.get_by_id(ticket.id).status == "closed"
     assert not Event.select().where((Event.ticket == ticket) & (Event.kind == "reopened")).exists()
 
@@ -146,14 +128,14 @@ def outlook_reply(notification: ReceivedMail, reply_to: str, language: str) -> b
 
 @pytest.mark.parametrize("language", sorted(OUTLOOK_BLOCKS))
 def test_a_relay_never_carries_our_reply_addresses_or_the_agents_address(
-    imap_client: ImapTestClient, smtp_sink: SmtpSink, desk: Config, language: str
+    imap_client: ImapTestClient, smtp_sink: SmtpSink, config: Config, language: str
 ) -> None:
-    ticket, reply_to = open_ticket(imap_client, smtp_sink, desk)
-    [notification] = to(smtp_sink, DANA)
+    ticket, reply_to = open_ticket(imap_client, smtp_sink, config)
+    [notification] = smtp_sink.to(DANA)
     assert TOKEN.search(notification.message.get_content())  # the quote carries a token
     imap_client.append(outlook_reply(notification, reply_to, language))
-    run_once(desk)
-    [_, relay] = to(smtp_sink, CUSTOMER)
+    run_once(config)
+    [_, relay] = smtp_sink.to(CUSTOMER)
     text = relay.message.get_content()
     assert "bitte prüfen Sie den SPF-Eintrag" in text
     assert not TOKEN.search(relay.raw.decode("utf-8", "replace"))
@@ -168,11 +150,11 @@ def test_a_relay_never_carries_our_reply_addresses_or_the_agents_address(
 
 
 def test_a_from_read_two_ways_never_acts_even_with_a_leaked_token(
-    imap_client: ImapTestClient, smtp_sink: SmtpSink, desk: Config
+    imap_client: ImapTestClient, smtp_sink: SmtpSink, config: Config
 ) -> None:
     """`From: dana@example.com <mallory@evil.example>`: Python's parseaddr reads Dana, the
     MTA (DMARC header.from=evil.example) and mail clients read Mallory."""
-    ticket, reply_to = open_ticket(imap_client, smtp_sink, desk)
+    ticket, reply_to = open_ticket(imap_client, smtp_sink, config)
     raw = make_mail(
         from_addr="placeholder@example.net",
         to_addr=reply_to,
@@ -181,10 +163,10 @@ def test_a_from_read_two_ways_never_acts_even_with_a_leaked_token(
         headers={"Authentication-Results": "mx.example.com; dmarc=pass header.from=evil.example"},
     )
     imap_client.append(raw.replace(b"placeholder@example.net", f"{DANA} <{MALLORY}>".encode(), 1))
-    run_once(desk)
+    run_once(config)
     after = Ticket.get_by_id(ticket.id)
     assert (after.status, after.priority) == ("open", "normal")
-    assert len(to(smtp_sink, CUSTOMER)) == 1  # the acknowledgement only: nothing relayed
+    assert len(smtp_sink.to(CUSTOMER)) == 1  # the acknowledgement only: nothing relayed
     stored = Message.get(Message.author_addr == MALLORY)
     assert "ambiguous From" in stored.flag and stored.ticket_id != ticket.id
 
@@ -236,7 +218,7 @@ def test_cut_leaks_cuts_before_the_quote_header_block_and_its_separator() -> Non
 
 
 def test_a_long_japanese_name_and_a_long_umlaut_file_name_still_reach_everyone(
-    imap_client: ImapTestClient, smtp_sink: SmtpSink, desk: Config
+    imap_client: ImapTestClient, smtp_sink: SmtpSink, config: Config
 ) -> None:
     """aiosmtpd refuses a line over 1,001 octets with "500 Line too long", as Postfix does."""
     name = "山田太郎" * 40  # 160 characters
@@ -248,9 +230,9 @@ def test_a_long_japanese_name_and_a_long_umlaut_file_name_still_reach_everyone(
             attachments=[(filename, "application/pdf", b"%PDF-1.4 x")],
         )
     )
-    run_once(desk)
-    [ack] = to(smtp_sink, "taro@kunde.example")
-    [notification] = to(smtp_sink, DANA)
+    run_once(config)
+    [ack] = smtp_sink.to("taro@kunde.example")
+    [notification] = smtp_sink.to(DANA)
     for mail in (ack, notification):
         assert max(len(line) for line in mail.raw.splitlines()) <= 998
     shown = notification.message["From"].addresses[0].display_name
@@ -268,7 +250,7 @@ HTML = b"<html><body><p>Rechnung</p><script>steal()</script></body></html>"
 
 
 def test_active_and_disguised_attachments_reach_agents_and_customers_inert(
-    imap_client: ImapTestClient, smtp_sink: SmtpSink, desk: Config
+    imap_client: ImapTestClient, smtp_sink: SmtpSink, config: Config
 ) -> None:
     imap_client.append(
         make_mail(
@@ -282,8 +264,8 @@ def test_active_and_disguised_attachments_reach_agents_and_customers_inert(
             ],
         )
     )
-    run_once(desk)
-    [notification] = to(smtp_sink, DANA)
+    run_once(config)
+    [notification] = smtp_sink.to(DANA)
     got = {a.get_filename(): a for a in notification.message.iter_attachments()}
     assert set(got) == {"image.svg.txt", "page.html", "rechnungfdp.exe", "scan.pdf"}
     assert got["image.svg.txt"].get_content_type() == "application/octet-stream"
@@ -301,8 +283,8 @@ def test_active_and_disguised_attachments_reach_agents_and_customers_inert(
             attachments=[("logo.svg", "image/svg+xml", SVG)],
         )
     )
-    run_once(desk)
-    relay = to(smtp_sink, CUSTOMER)[-1]
+    run_once(config)
+    relay = smtp_sink.to(CUSTOMER)[-1]
     [logo] = list(relay.message.iter_attachments())
     assert (logo.get_filename(), logo.get_content_type()) == (
         "logo.svg.txt",

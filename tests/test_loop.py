@@ -193,7 +193,7 @@ def test_a_robot_that_varies_address_and_subject_gets_at_most_three_mails(
     dovecot: Dovecot, imap_client: ImapTestClient, tmp_path: Path, db_url: str, vary_address: bool
 ) -> None:
     with VaryingRobot(dovecot, "robot@kunde.example", vary_address) as sink:
-        data = config_data(dovecot, sink, db_url)
+        data = Desk(dovecot, sink, db_url, tmp_path).settings()
         config = write_config(tmp_path / "config.toml", data)
         first = make_mail(from_addr="robot+0@kunde.example", subject="Vorgang 0 eingegangen")
         run_daemon_until_quiet(config, tmp_path / "daemon.log", imap_client, sink, first)
