@@ -14,6 +14,7 @@ import os
 import sys
 import textwrap
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,67 +43,39 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+Option = tuple[tuple[str, ...], dict[str, Any]]  # add_argument(*names, **settings)
+JSON: Option = (("--json",), {"action": "store_true", "help": "machine-readable output"})
+
+
+@dataclass(frozen=True)
+class Command:
+    """One subcommand: its handler, its help line and its options (besides -c/--config)."""
+
+    name: str
+    handler: Callable[[argparse.Namespace], int]
+    help: str
+    options: tuple[Option, ...] = ()
+    config: bool = True  # takes -c/--config, default DEFAULT_CONFIG
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mailtick", description="Email ticketing daemon.")
     parser.add_argument("--version", action="version", version=f"mailtick {__version__}")
     sub = parser.add_subparsers(metavar="COMMAND")
-
-    def command(
-        name: str, handler: Callable[[argparse.Namespace], int], help: str
-    ) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help, description=help)
-        p.add_argument(
-            "-c",
-            "--config",
-            default=DEFAULT_CONFIG,
-            type=Path,
-            help=f"config file (default {DEFAULT_CONFIG})",
-        )
-        p.set_defaults(handler=handler)
-        return p
-
-    run = command("run", cmd_run, "run the daemon in the foreground (logs to stderr)")
-    run.add_argument(
-        "--once", action="store_true", help="catch up with the mailbox, send what is due, exit"
-    )
-    check = command("check-config", cmd_check_config, "validate the configuration")
-    check.add_argument("--connect", action="store_true", help="also log in to IMAP and SMTP")
-    tickets = command("tickets", cmd_tickets, "list tickets")
-    tickets.add_argument("--status", help="only tickets with this status")
-    tickets.add_argument("--json", action="store_true", help="machine-readable output")
-    show = command("show", cmd_show, "show one ticket's thread")
-    show.add_argument(
-        "number", help="ticket number, with or without the prefix (MT#10009 or 10009)"
-    )
-    show.add_argument("--json", action="store_true", help="machine-readable output")
-    command("init", cmd_init, "create the reply-token secret if missing, then check")
-    new = command("new", cmd_new, "open a ticket on a customer's behalf (a phone call)")
-    new.add_argument("--customer", required=True, help="the customer's mail address")
-    new.add_argument("--subject", required=True, help="the ticket's subject")
-    new.add_argument("--body-file", required=True, type=Path, help="what the customer said")
-    quarantine = command(
-        "quarantine", cmd_quarantine, "list, show, requeue or drop quarantined mail"
-    )
-    quarantine.add_argument("action", choices=("list", "show", "requeue", "drop"))
-    quarantine.add_argument("id", nargs="?", type=int, help="the quarantine entry (see list)")
-    quarantine.add_argument("--json", action="store_true", help="machine-readable output")
-    quarantine.add_argument("--raw", action="store_true", help="show: the mail's bytes as stored")
-    drift = sub.add_parser(
-        "drift", help="judge one reply for topic drift (JSON on stdin -> verdict on stdout)"
-    )
-    drift.add_argument("--json", action="store_true", required=True, help="JSON in and out")
-    drift.add_argument("--threshold", type=float, default=None, help="default: [drift] threshold")
-    drift.add_argument(
-        "-c", "--config", type=Path, default=None, help="take the threshold from here"
-    )
-    drift.set_defaults(handler=cmd_drift)
-    parse = command("parse", cmd_parse, "show how mailtick sees one mail (writes nothing)")
-    parse.add_argument("file", type=Path, help="the mail, as an .eml file")
-    parse.add_argument("--json", action="store_true", help="machine-readable output")
-    parse.add_argument("--thread", action="store_true", help="also say where it would thread")
-    demo = sub.add_parser("demo", help="play a scripted conversation on embedded servers")
-    demo.add_argument("--keep-running", action="store_true", help="leave servers and daemon up")
-    demo.set_defaults(handler=cmd_demo, config="(demo)")
+    for command in COMMANDS:
+        p = sub.add_parser(command.name, help=command.help, description=command.help)
+        if command.config:
+            p.add_argument(
+                "-c",
+                "--config",
+                default=DEFAULT_CONFIG,
+                type=Path,
+                help=f"config file (default {DEFAULT_CONFIG})",
+            )
+        for names, settings in command.options:
+            p.add_argument(*names, **settings)
+        p.set_defaults(handler=command.handler)
+    sub.choices["demo"].set_defaults(config="(demo)")
     return parser
 
 
@@ -307,3 +280,51 @@ def cmd_demo(args: argparse.Namespace) -> int:
         )
         return 1
     return int(run_demo(keep_running=args.keep_running))
+
+
+# The subcommands, in the order `mailtick --help` lists them.
+COMMANDS: tuple[Command, ...] = (
+    Command("run", cmd_run, "run the daemon in the foreground (logs to stderr)", (
+        (("--once",), {"action": "store_true",
+                       "help": "catch up with the mailbox, send what is due, exit"}),
+    )),
+    Command("check-config", cmd_check_config, "validate the configuration", (
+        (("--connect",), {"action": "store_true", "help": "also log in to IMAP and SMTP"}),
+    )),
+    Command("tickets", cmd_tickets, "list tickets", (
+        (("--status",), {"help": "only tickets with this status"}), JSON,
+    )),
+    Command("show", cmd_show, "show one ticket's thread", (
+        (("number",), {"help": "ticket number, with or without the prefix (MT#10009 or 10009)"}),
+        JSON,
+    )),
+    Command("init", cmd_init, "create the reply-token secret if missing, then check"),
+    Command("new", cmd_new, "open a ticket on a customer's behalf (a phone call)", (
+        (("--customer",), {"required": True, "help": "the customer's mail address"}),
+        (("--subject",), {"required": True, "help": "the ticket's subject"}),
+        (("--body-file",), {"required": True, "type": Path, "help": "what the customer said"}),
+    )),
+    Command("quarantine", cmd_quarantine, "list, show, requeue or drop quarantined mail", (
+        (("action",), {"choices": ("list", "show", "requeue", "drop")}),
+        (("id",), {"nargs": "?", "type": int, "help": "the quarantine entry (see list)"}),
+        JSON,
+        (("--raw",), {"action": "store_true", "help": "show: the mail's bytes as stored"}),
+    )),
+    Command("drift", cmd_drift,
+            "judge one reply for topic drift (JSON on stdin -> verdict on stdout)", (
+        (("--json",), {"action": "store_true", "required": True, "help": "JSON in and out"}),
+        (("--threshold",), {"type": float, "default": None,
+                            "help": "default: [drift] threshold"}),
+        (("-c", "--config"), {"type": Path, "default": None,
+                              "help": "take the threshold from here"}),
+    ), config=False),
+    Command("parse", cmd_parse, "show how mailtick sees one mail (writes nothing)", (
+        (("file",), {"type": Path, "help": "the mail, as an .eml file"}),
+        JSON,
+        (("--thread",), {"action": "store_true", "help": "also say where it would thread"}),
+    )),
+    Command("demo", cmd_demo, "play a scripted conversation on embedded servers", (
+        (("--keep-running",), {"action": "store_true",
+                               "help": "leave servers and daemon up"}),
+    ), config=False),
+)  # fmt: skip

@@ -18,6 +18,7 @@ import logging
 import os
 import socket
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 log = logging.getLogger("mailtick.notify")
 
@@ -119,6 +120,24 @@ def database_text(usable: bool, healthy: bool, grace: float) -> str:
     return "database unavailable: reconnecting"
 
 
+@dataclass
+class Health:
+    """One thing the daemon needs (its IMAP session, its database), as the watchdog sees it:
+    up while `event` is set; healthy while up or down for less than the grace. No event:
+    always up."""
+
+    event: asyncio.Event | None
+    last_up: float
+    up: bool = True
+    ever_up: bool = False
+
+    def healthy(self, now: float, grace: float) -> bool:
+        self.up = self.event is None or self.event.is_set()
+        if self.up:
+            self.last_up, self.ever_up = now, True
+        return now - self.last_up < grace
+
+
 async def keep_alive(
     notifier: Notifier,
     connected: asyncio.Event,
@@ -145,20 +164,15 @@ async def keep_alive(
     interval = notifier.watchdog_interval()
     tick = min(tick, interval) if interval is not None else tick
     loop = asyncio.get_running_loop()
-    last_up, ever_up, shown = loop.time(), False, ""
-    last_usable = last_up
+    imap, db = Health(connected, loop.time()), Health(database, loop.time())
+    shown = ""
     while not stop.is_set():
-        now, up = loop.time(), connected.is_set()
-        usable = database is None or database.is_set()
-        if up:
-            last_up, ever_up = now, True
-        if usable:
-            last_usable = now
-        imap_healthy, db_healthy = now - last_up < grace, now - last_usable < grace
-        healthy = imap_healthy and db_healthy
+        now = loop.time()
+        imap_ok, db_ok = imap.healthy(now, grace), db.healthy(now, grace)
+        healthy = imap_ok and db_ok
         parts = (
-            health_text(up, ever_up, imap_healthy, grace),
-            database_text(usable, db_healthy, grace),
+            health_text(imap.up, imap.ever_up, imap_ok, grace),
+            database_text(db.up, db_ok, grace),
             note(),
         )
         text = "; ".join(part for part in parts if part)
