@@ -49,8 +49,6 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-import peewee as pw
-
 from mailtick.config import LimitsConfig
 from mailtick.db import Outbox, execute
 from mailtick.threading.subject import strip_tags
@@ -205,7 +203,7 @@ CAPS: tuple[Cap, ...] = (
 )
 
 
-def held_reason(db: pw.Database, sending: Sending, limits: LimitsConfig, now: datetime) -> str:
+def held_reason(sending: Sending, limits: LimitsConfig, now: datetime) -> str:
     """Why `sending` must be held ("ticket-burst, 10 mails to ... in 10 min"), or ""."""
     caps = tuple(cap for cap in CAPS if cap.applies(sending))
     if not caps:
@@ -220,7 +218,7 @@ def held_reason(db: pw.Database, sending: Sending, limits: LimitsConfig, now: da
         params += cap.params(sending)
     base, low, high, domain = sending.family()
     scope = (sending.rcpt, base, low, high, domain, domain)
-    counts = execute(db, sql, *params, *scope, _stamp(now - since)).fetchone()
+    counts = execute(sql, *params, *scope, _stamp(now - since)).fetchone()
     for cap, count in zip(caps, counts, strict=True):
         if int(count or 0) >= cap.limit(limits):
             return f"{cap.name}, " + cap.reason.format(

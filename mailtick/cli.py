@@ -140,7 +140,8 @@ def cmd_tickets(args: argparse.Namespace) -> int:
     from mailtick.views import list_tickets
 
     config = _load(args)
-    rows = list_tickets(_open_db(config), args.status)
+    _open_db(config)
+    rows = list_tickets(args.status)
     if args.json:
         print(json.dumps(rows, indent=2, ensure_ascii=False))
         return 0
@@ -160,7 +161,8 @@ def cmd_show(args: argparse.Namespace) -> int:
 
     config = _load(args)
     number = args.number.rpartition("#")[2].strip("[] ")
-    detail = show_ticket(_open_db(config), number)
+    _open_db(config)
+    detail = show_ticket(number)
     if detail is None:
         print(f"mailtick: no ticket {args.number}", file=sys.stderr)
         return 1
@@ -207,7 +209,7 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
     config = _load(args)
     db = _open_db(config)
     if args.action == "list":
-        rows = quarantine.list_rows(db)
+        rows = quarantine.list_rows()
         if args.json:
             print(json.dumps(rows, indent=2, ensure_ascii=False))
         for r in [] if args.json else rows:

@@ -1,8 +1,13 @@
 """Storage layer: peewee models, opening SQLite/PostgreSQL, schema upgrades. Touches the database.
 
-Every other module reaches the database through functions that take the opened
-`Database`; the daemon runs them on one worker thread (see `store.py`), the CLI
-calls them directly. All times are naive UTC datetimes.
+The rule for database access: `open_database` binds the models to the one database
+of the process, and every query goes through the bound models or the helpers at the
+end of this module (`execute`, `insert_row`, `get_row`), which find that database
+themselves; no query function takes a `Database`. A `Database` object is handled
+only where a connection or a transaction is managed: here (`open_database`,
+`migrate`, `write_transaction`), the Store's lanes (store.py), and the functions
+that open a transaction or a savepoint. The daemon runs queries on the Store's
+threads; the CLI calls them directly. All times are naive UTC datetimes.
 """
 
 from __future__ import annotations
@@ -381,9 +386,10 @@ def _insert_sql(model: type[BaseModel], names: tuple[str, ...], param: str, pg: 
     return f'INSERT INTO "{meta.table_name}" ({columns}) VALUES ({values}){returning}'
 
 
-def insert_row(db: pw.Database, model: type[BaseModel], **values: Any) -> int:
+def insert_row(model: type[BaseModel], **values: Any) -> int:
     """INSERT one row (field name -> Python value) and return its new id. Fields left out
     get their model default, as Model.create would give them."""
+    db = bound()
     fields = model._meta.fields
     for name, field in fields.items():
         if name not in values and field.default is not None:
@@ -402,8 +408,9 @@ def _select_sql(model: type[BaseModel], param: str) -> tuple[str, tuple[pw.Field
     return f'SELECT {columns} FROM "{meta.table_name}" WHERE "id" = {param}', fields
 
 
-def get_row(db: pw.Database, model: type[Row], row_id: int) -> Any:
+def get_row(model: type[Row], row_id: int) -> Any:
     """Model.get_by_id as plain SQL: the model instance, or None."""
+    db = bound()
     sql, fields = _select_sql(model, db.param)
     found = db.execute_sql(sql, (row_id,)).fetchone()  # type: ignore[no-untyped-call]
     if found is None:
@@ -415,6 +422,7 @@ def get_row(db: pw.Database, model: type[Row], row_id: int) -> Any:
     return model(**values)
 
 
-def execute(db: pw.Database, sql: str, *params: Any) -> Any:
+def execute(sql: str, *params: Any) -> Any:
     """Run a statement written with `{p}` for each placeholder; returns the cursor."""
+    db = bound()
     return db.execute_sql(sql.format(p=db.param), params)  # type: ignore[no-untyped-call]

@@ -115,7 +115,7 @@ def find(row_id: int) -> Quarantine | None:
     return found
 
 
-def list_rows(db: pw.Database) -> list[dict[str, Any]]:
+def list_rows() -> list[dict[str, Any]]:
     return [describe(row) for row in Quarantine.select().order_by(Quarantine.id)]
 
 

@@ -99,7 +99,7 @@ def mark_sent(db: pw.Database, row_id: int, note: str = "") -> None:
         " claimed_until = NULL, last_error = {p} WHERE id = {p}"
     )
     with write_transaction(db):
-        execute(db, sent, utcnow(), note, row_id)
+        execute(sent, utcnow(), note, row_id)
 
 
 def mark_deferred(db: pw.Database, row_id: int, error: str, retry_at: datetime) -> None:
@@ -119,13 +119,13 @@ def mark_failed(db: pw.Database, row_id: int, error: str) -> None:
         ).where(Outbox.id == row_id).execute()
 
 
-def next_due(db: pw.Database) -> datetime | None:
+def next_due() -> datetime | None:
     """When the next pending row may be sent: its retry time, or the end of its lease."""
     due = (
         "SELECT MIN(CASE WHEN claimed_until IS NOT NULL AND claimed_until > next_attempt_at"
         " THEN claimed_until ELSE next_attempt_at END) FROM outbox WHERE status = 'pending'"
     )
-    [value] = execute(db, due).fetchone()
+    [value] = execute(due).fetchone()
     if isinstance(value, str):  # SQLite hands back text for an aggregate
         return datetime.fromisoformat(value)
     return value  # type: ignore[no-any-return]
@@ -168,7 +168,7 @@ def release_mine(db: pw.Database) -> int:
         " WHERE status = 'pending' AND claim_token LIKE {p}"
     )
     with write_transaction(db):
-        return int(execute(db, release, mine).rowcount)
+        return int(execute(release, mine).rowcount)
 
 
 def release_orphans(db: pw.Database) -> int:
@@ -180,9 +180,9 @@ def release_orphans(db: pw.Database) -> int:
     release = "UPDATE outbox SET claimed_until = NULL, claim_token = NULL WHERE claim_token = {p}"
     freed = 0
     with write_transaction(db):
-        for (token,) in execute(db, held).fetchall():
+        for (token,) in execute(held).fetchall():
             if _gone(str(token)):
-                freed += execute(db, release, token).rowcount
+                freed += execute(release, token).rowcount
     return freed
 
 
@@ -252,7 +252,7 @@ class Sender:
                 task.cancel()
 
     async def _seconds_to_next_due(self) -> float:
-        due = await self.store.sending.run(next_due, self.store.db)
+        due = await self.store.sending.run(next_due)
         if due is None:
             return 60.0
         return max(0.05, min(60.0, (due - utcnow()).total_seconds()))

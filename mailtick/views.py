@@ -44,7 +44,7 @@ def ticket_summary(ticket: Ticket, messages: int) -> dict[str, Any]:
     }
 
 
-def list_tickets(db: pw.Database, status: str | None = None) -> list[dict[str, Any]]:
+def list_tickets(status: str | None = None) -> list[dict[str, Any]]:
     query = Ticket.select().order_by(Ticket.created_at, Ticket.id)
     if status:
         query = query.where(Ticket.status == status)
@@ -54,7 +54,7 @@ def list_tickets(db: pw.Database, status: str | None = None) -> list[dict[str, A
     return [ticket_summary(t, int(counts.get(t.id, 0))) for t in query]
 
 
-def show_ticket(db: pw.Database, number: str) -> dict[str, Any] | None:
+def show_ticket(number: str) -> dict[str, Any] | None:
     ticket = Ticket.get_or_none(Ticket.number == number)
     if ticket is None:
         return None

@@ -330,9 +330,7 @@ def test_a_hundred_generated_forgeries_change_nothing(
     assert Wish.select().count() == 0
     assert Message.select().where(Message.kind.in_(["agent", "note", "agent-error"])).count() == 0
     assert Message.select().where(Message.kind.in_(["relay", "command-error", "note"])).count() == 0
-    assert (
-        len(smtp_sink.to("joerg@kunde.example")) == before["sent_to_customer"]
-    )  # nothing relayed
+    assert len(smtp_sink.to("joerg@kunde.example")) == before["sent_to_customer"]  # nothing relayed
     # "held": the send caps stopped the flood of notifications the forgeries caused;
     # "linked": a forgery with Dana's From and no valid token opens a linked ticket
     changes = Event.select().where((Event.ticket == ticket) & Event.kind.not_in(["held", "linked"]))

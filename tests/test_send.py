@@ -13,9 +13,8 @@ from mailtick.send import _HOST, claim_token, next_due, release_mine, release_or
 
 
 def _row(db: pw.Database, n: int, token: str | None, until_minutes: int) -> int:
-    ticket = insert_row(db, Ticket, number=f"1{n:04d}", subject="s", requester="a@b.example")
+    ticket = insert_row(Ticket, number=f"1{n:04d}", subject="s", requester="a@b.example")
     message = insert_row(
-        db,
         Message,
         ticket=ticket,
         message_id=f"<{n}@x>",
@@ -24,7 +23,6 @@ def _row(db: pw.Database, n: int, token: str | None, until_minutes: int) -> int:
         data=b"x",
     )
     return insert_row(
-        db,
         Outbox,
         message=message,
         mail_from="s@x",
@@ -55,10 +53,10 @@ def test_leases_of_dead_senders_on_this_host_are_freed(sqlite_url: str) -> None:
 def test_next_due_waits_for_a_lease_to_run_out(sqlite_url: str) -> None:
     db = open_database(sqlite_url)
     _row(db, 1, "ffffffff:1:x:y", 10)
-    due = next_due(db)
+    due = next_due()
     assert due is not None and due > utcnow() + timedelta(minutes=9)
     _row(db, 2, None, 0)
-    due = next_due(db)
+    due = next_due()
     assert due is not None and due <= utcnow()
     db.close()
 
@@ -71,6 +69,6 @@ def test_a_clean_stop_frees_only_its_own_leases(db_url: str) -> None:
     assert release_mine(db) == 1
     assert Outbox.get_by_id(mine).claim_token is None
     assert Outbox.get_by_id(others).claim_token == "ffffffff:1:deadbeef:cccccc"
-    due = next_due(db)
+    due = next_due()
     assert due is not None and due <= utcnow()  # mine is due again now
     db.close()

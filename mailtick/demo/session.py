@@ -12,8 +12,6 @@ from dataclasses import dataclass, field
 from email.message import EmailMessage
 from typing import Any, TypeVar
 
-import peewee as pw
-
 from mailtick.app import Daemon
 from mailtick.config import Config
 from mailtick.db import Outbox
@@ -26,7 +24,7 @@ from mailtick.views import show_ticket
 T = TypeVar("T")
 
 
-def pending_mail(db: pw.Database) -> int:
+def pending_mail() -> int:
     """Mail in mailtick's outbox that was not sent yet (or failed for now)."""
     return int(Outbox.select().where(Outbox.status == "pending").count())
 
@@ -74,11 +72,11 @@ class Demo:
         return await self.daemon.store.run(fn, *args)
 
     async def ticket(self, number: str) -> dict[str, Any] | None:
-        return await self.query(show_ticket, self.daemon.store.db, number)
+        return await self.query(show_ticket, number)
 
     async def outbox_empty(self) -> None:
         async def empty() -> bool | None:
-            return True if await self.query(pending_mail, self.daemon.store.db) == 0 else None
+            return True if await self.query(pending_mail) == 0 else None
 
         await self.wait_until(empty, "mailtick's outbox to empty")
 

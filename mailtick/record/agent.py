@@ -22,7 +22,7 @@ from mailtick.caps import auto_reply_subject
 from mailtick.commands import Command, CommandParse, parse_commands
 from mailtick.commands import help_text as command_help
 from mailtick.config import AgentConfig
-from mailtick.db import Message, Ticket, bound, execute
+from mailtick.db import Message, Ticket, execute
 from mailtick.identify import Desk
 from mailtick.ingest.quotes import split_reply
 from mailtick.outcomes import Rejected
@@ -85,7 +85,7 @@ def _repeated(ticket: Ticket, intake: Intake, body: str) -> str:
         return ""
     since = Message.created_at.db_value(intake.now - timedelta(days=1))  # type: ignore[no-untyped-call]
     sender = intake.mail.from_addr
-    found = execute(bound(), _SAME_TEXT, ticket.id, sender, body, since).fetchone()
+    found = execute(_SAME_TEXT, ticket.id, sender, body, since).fetchone()
     return "the same text as its earlier mail on this ticket" if found else ""
 
 

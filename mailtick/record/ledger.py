@@ -27,7 +27,6 @@ from mailtick.db import (
     Participant,
     Ticket,
     Wish,
-    bound,
     execute,
     get_row,
     insert_row,
@@ -76,9 +75,9 @@ class Ledger:
         }
         if queue:
             row["queue"] = queue
-        ticket = Ticket(id=insert_row(bound(), Ticket, **row), **row)
+        ticket = Ticket(id=insert_row(Ticket, **row), **row)
         if link_to is not None:
-            old = get_row(bound(), Ticket, link_to)
+            old = get_row(Ticket, link_to)
             self.event(ticket, "linked", f"follows closed ticket {old.number}")
             self.event(old, "linked", f"continued in ticket {ticket.number}")
         return ticket
@@ -93,7 +92,7 @@ class Ledger:
             self.update(ticket, status="open")
         else:
             sql = "UPDATE ticket SET updated_at = {p} WHERE id = {p}"
-            execute(bound(), sql, self.now, ticket.id)
+            execute(sql, self.now, ticket.id)
             ticket.updated_at = self.now
 
     def update(self, ticket: Ticket, **fields: Any) -> None:
@@ -139,11 +138,11 @@ class Ledger:
         """Let `addresses` write into `ticket` (the requester's role is "requester")."""
         for addr in sorted(set(addresses)):
             role = "requester" if addr == ticket.requester else "cc"
-            insert_row(bound(), Participant, ticket=ticket.id, address=addr, role=role)
+            insert_row(Participant, ticket=ticket.id, address=addr, role=role)
 
     def count_wish(self, name: str) -> None:
         if not Wish.select().where(Wish.name == name).exists():
-            insert_row(bound(), Wish, name=name, first_at=self.now)
+            insert_row(Wish, name=name, first_at=self.now)
         Wish.update(count=Wish.count + 1, last_at=self.now).where(Wish.name == name).execute()
 
     # -- messages -------------------------------------------------------------------------
@@ -153,7 +152,6 @@ class Ledger:
     ) -> int:
         """Store an incoming mail and its attachments on `ticket`; returns the message's id."""
         message_id = insert_row(
-            bound(),
             Message,
             ticket=ticket.id,
             message_id=mail.message_id,
@@ -174,7 +172,6 @@ class Ledger:
         )
         for item in mail.attachments:
             insert_row(
-                bound(),
                 Attachment,
                 message=message_id,
                 filename=item.filename,
@@ -185,11 +182,11 @@ class Ledger:
         return message_id
 
     def move_message(self, message_id: int, ticket: Ticket) -> None:
-        execute(bound(), "UPDATE message SET ticket_id = {p} WHERE id = {p}", ticket.id, message_id)
+        execute("UPDATE message SET ticket_id = {p} WHERE id = {p}", ticket.id, message_id)
 
     def judge_message(self, message_id: int, decision: str) -> None:
         """Keep the topic-drift decision (JSON) on the message, for `mailtick show`."""
-        execute(bound(), "UPDATE message SET drift = {p} WHERE id = {p}", decision, message_id)
+        execute("UPDATE message SET drift = {p} WHERE id = {p}", decision, message_id)
 
     def queue(self, ticket: Ticket, out: OutgoingMail, kind: str, about: str = "") -> int:
         """Store an outgoing mail on its ticket and queue it. A mail the send caps stop
@@ -202,9 +199,8 @@ class Ledger:
             ticket_tag=f"{self.prefix}#{ticket.number}",
             subject_key=subject_key(out.subject, self.prefix),
         )
-        held = held_reason(bound(), sending, self.limits, self.now)
+        held = held_reason(sending, self.limits, self.now)
         row = insert_row(
-            bound(),
             Outbox,
             message=self._store_outgoing(ticket, out, kind, about),
             mail_from=out.mail_from,
@@ -223,7 +219,6 @@ class Ledger:
 
     def _store_outgoing(self, ticket: Ticket, out: OutgoingMail, kind: str, about: str) -> int:
         return insert_row(
-            bound(),
             Message,
             ticket=ticket.id,
             message_id=out.message_id,
@@ -272,7 +267,7 @@ def next_number() -> str:
     """The next ticket number. The UPDATE takes a row lock (PostgreSQL) or runs under
     BEGIN IMMEDIATE (SQLite), so two processes never draw the same value."""
     bump = "UPDATE counter SET value = value + 1 WHERE name = {p} RETURNING value"
-    [value] = execute(bound(), bump, "ticket").fetchone()
+    [value] = execute(bump, "ticket").fetchone()
     return ticket_number(FIRST_SEQUENCE + int(value))
 
 
@@ -281,7 +276,7 @@ def follow_merges(ticket: Ticket | None) -> Ticket | None:
     for _ in range(MERGE_HOPS):
         if ticket is None or ticket.merged_into_id is None:
             break
-        ticket = get_row(bound(), Ticket, ticket.merged_into_id)
+        ticket = get_row(Ticket, ticket.merged_into_id)
     return ticket
 
 

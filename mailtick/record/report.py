@@ -14,7 +14,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from mailtick.db import Message, Outbox, Ticket, bound, execute, get_row
+from mailtick.db import Message, Outbox, Ticket, execute, get_row
 from mailtick.ingest.dsn import DeliveryReport, Recipient, read_report
 from mailtick.outcomes import Ignored
 from mailtick.record.intake import Intake, Recorded
@@ -51,7 +51,7 @@ def _record(intake: Intake, report: DeliveryReport) -> Recorded:
     found = our_mail(report.message_ids)
     if found is None:
         raise Ignored(f"delivery report for no mail of ours ({_named(report)})")
-    ticket: Ticket = get_row(bound(), Ticket, found.message.ticket_id)
+    ticket: Ticket = get_row(Ticket, found.message.ticket_id)
     of = found.message.message_id
     filing = Filing("bounce", "bounce", f"{report.action} ({report.form}) of {of}")
     intake.ledger.store_incoming(ticket, intake.raw, intake.mail, filing)
@@ -137,7 +137,7 @@ def reachable_again(intake: Intake) -> None:
     say so on the ticket of its last bounce."""
     mail = intake.mail
     sql = "SELECT bounces FROM address WHERE address = {p} AND bouncing = {p}"
-    if execute(bound(), sql, mail.from_addr, True).fetchone() is None:
+    if execute(sql, mail.from_addr, True).fetchone() is None:
         return
     intake.ledger.reachable(mail.from_addr)
     last = (

@@ -18,7 +18,7 @@ import re
 from dataclasses import dataclass
 from datetime import timedelta
 
-from mailtick.db import Message, Ticket, bound, execute
+from mailtick.db import Message, Ticket, execute
 from mailtick.ingest.quotes import split_reply
 from mailtick.record.intake import Intake
 from mailtick.record.ledger import Ledger
@@ -98,7 +98,7 @@ _HISTORY_SQL = (
 
 
 def _history(ticket: Ticket, current: Message) -> list[str]:
-    rows = execute(bound(), _HISTORY_SQL, ticket.id, current.id).fetchall()
+    rows = execute(_HISTORY_SQL, ticket.id, current.id).fetchall()
     return [split_reply(str(text)).visible for (text,) in reversed(rows)]
 
 
@@ -113,7 +113,7 @@ def _warning_answered(intake: Intake) -> Message | None:
         "SELECT thread_detail FROM message"
         f" WHERE kind = 'drift-warning' AND message_id IN ({marks})"
     )
-    row = execute(bound(), sql, *ids).fetchone()
+    row = execute(sql, *ids).fetchone()
     if row is None:
         return None
     found: Message | None = Message.get_or_none(Message.message_id == row[0])

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from mailtick.db import Message, Ticket, bound, execute, get_row, utcnow
+from mailtick.db import Ticket, execute, get_row, utcnow
 from mailtick.mail import ParsedMail
 from mailtick.numbers import is_valid
 from mailtick.threading.subject import tagged_numbers
@@ -54,7 +54,7 @@ class Lookup:
             )
             marks = ", ".join(["{p}"] * len(wanted))
             sql = f"SELECT message_id, ticket_id FROM message WHERE message_id IN ({marks})"
-            rows = execute(Message._meta.database, sql, *wanted).fetchall()
+            rows = execute(sql, *wanted).fetchall()
             self._known = {str(mid): int(ticket_id) for mid, ticket_id in rows}
         return self._known.get(message_id)
 
@@ -103,11 +103,11 @@ def resolve(lookup: Lookup, reopen_days: int, now: datetime | None = None) -> De
 
 
 def _closed_ticket_rule(found: Match, reopen_days: int, now: datetime) -> Decision:
-    ticket = get_row(bound(), Ticket, found.ticket_id)
+    ticket = get_row(Ticket, found.ticket_id)
     for _ in range(10):  # a merged ticket lives on in the one it was merged into
         if ticket.merged_into_id is None:
             break
-        ticket = get_row(bound(), Ticket, ticket.merged_into_id)
+        ticket = get_row(Ticket, ticket.merged_into_id)
     if ticket.status != "closed":
         return Decision(ticket, found.rule, found.detail)
     closed_at = ticket.closed_at or ticket.updated_at
