@@ -27,7 +27,7 @@ import enum
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from email.parser import BytesHeaderParser
 from pathlib import Path
 
@@ -105,6 +105,8 @@ class Pipeline:
     async def commit(self, raws: Sequence[RawMail], parsed: list[Parsed] | None) -> list[Action]:
         """Record a batch (parsed by `prepare`, or here); one Action per mail, in order.
         Mails that failed before are recorded one at a time (see the poison cap)."""
+        if not raws:  # every mail of the batch was expunged between SEARCH and FETCH
+            return []
         try:
             tries = await self.store.run(begin_batch, self.store.db, list(raws))
         except Transient as exc:
@@ -306,7 +308,11 @@ def _header_message_id(raw: RawMail) -> str:
 STALE_TRIES = timedelta(days=30)
 
 
+_KEY = (Attempt.mailbox, Attempt.uidvalidity, Attempt.uid)  # its unique index
+
+
 def _where(raws: Sequence[RawMail], uids: Sequence[int]) -> pw.Expression:
+    """The rows of these UIDs of the batch's mailbox (`raws` is never empty)."""
     first = raws[0]
     return (
         (Attempt.mailbox == first.mailbox)
@@ -318,32 +324,40 @@ def _where(raws: Sequence[RawMail], uids: Sequence[int]) -> pw.Expression:
 def begin_batch(db: pw.Database, raws: list[RawMail]) -> dict[int, Attempt]:
     """Count a try for each mail never tried before and commit it before the batch begins.
     Returns the earlier tries of the others (uid -> Attempt): the suspects, each counted
-    by `count_try` right before it is handled alone."""
+    by `count_try` right before it is handled alone. Race-free between instances: a try
+    another instance counted meanwhile is kept (its insert is skipped)."""
+    if not raws:
+        return {}
     now = utcnow()
     with write_transaction(db):
         known = {int(a.uid): a for a in Attempt.select().where(_where(raws, [r.uid for r in raws]))}
         fresh = [
-            {
-                "mailbox": r.mailbox,
-                "uidvalidity": r.uidvalidity,
-                "uid": r.uid,
-                "count": 1,
-                "first_at": now,
-                "last_at": now,
-            }
-            for r in raws
-            if r.uid not in known
+            _first_try(r, now) for r in sorted(raws, key=lambda r: r.uid) if r.uid not in known
         ]
         if fresh:
-            Attempt.insert_many(fresh).execute()
+            Attempt.insert_many(fresh).on_conflict_ignore().execute()
     return known
 
 
+def _first_try(raw: RawMail, now: datetime) -> dict[str, object]:
+    return {
+        "mailbox": raw.mailbox,
+        "uidvalidity": raw.uidvalidity,
+        "uid": raw.uid,
+        "count": 1,
+        "first_at": now,
+        "last_at": now,
+    }
+
+
 def count_try(db: pw.Database, raw: RawMail) -> Attempt:
-    """Count one more try of a suspect and commit it before the try begins."""
+    """Count one more try of a suspect and commit it before the try begins. An upsert: the
+    row may be gone meanwhile (another instance recorded the mail), then this is try 1."""
+    now = utcnow()
     with write_transaction(db):
-        Attempt.update(count=Attempt.count + 1, last_at=utcnow()).where(
-            _where([raw], [raw.uid])
+        Attempt.insert(_first_try(raw, now)).on_conflict(
+            conflict_target=_KEY,
+            update={Attempt.count: Attempt.count + 1, Attempt.last_at: now},
         ).execute()
         attempt: Attempt = Attempt.get(_where([raw], [raw.uid]))
     return attempt
