@@ -316,6 +316,12 @@ def write_transaction(db: pw.Database) -> Iterator[None]:
             yield
 
 
+def message_id_stored(message_id: str) -> bool:
+    """A constraint error while recording is a duplicate only when this is true: the
+    Message-ID is found stored (another instance recorded the mail first)."""
+    return bool(Message.select().where(Message.message_id == message_id).exists())
+
+
 def is_connection_error(exc: BaseException) -> bool:
     return isinstance(exc, pw.OperationalError | pw.InterfaceError)
 

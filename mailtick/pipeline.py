@@ -34,7 +34,14 @@ from pathlib import Path
 import peewee as pw
 
 from mailtick.answers import Composer
-from mailtick.db import Attempt, Message, is_connection_error, utcnow, write_transaction
+from mailtick.db import (
+    Attempt,
+    Message,
+    is_connection_error,
+    message_id_stored,
+    utcnow,
+    write_transaction,
+)
 from mailtick.ingest.classify import classify
 from mailtick.ingest.workers import Parsed, ParsePool, parse_many
 from mailtick.mail import ParsedMail, RawMail
@@ -232,7 +239,9 @@ class Pipeline:
             return Verdict(Action.ACK, mail.message_id, "ignored", exc.reason)
         except Rejected as exc:
             return _quarantined(db, raw, mail.message_id, exc.reason, self.quarantine_dir)
-        except pw.IntegrityError:  # another process stored the same Message-ID first
+        except pw.IntegrityError as exc:
+            if not message_id_stored(mail.message_id):  # not proven a duplicate: retry
+                raise FailedTry(f"database constraint: {exc}") from exc
             return Verdict(
                 Action.ACK, mail.message_id, "ignored", "duplicate Message-ID (concurrent)"
             )

@@ -27,6 +27,7 @@ from mailtick.db import (
     bound,
     execute,
     insert_row,
+    message_id_stored,
     utcnow,
     write_transaction,
 )
@@ -35,7 +36,7 @@ from mailtick.ingest.classify import Disposition
 from mailtick.ingest.quotes import split_reply
 from mailtick.mail import ParsedMail, RawMail
 from mailtick.numbers import FIRST_SEQUENCE, ticket_number
-from mailtick.outcomes import Ignored
+from mailtick.outcomes import Ignored, Transient
 from mailtick.threading.resolve import Decision, Lookup, resolve
 from mailtick.threading.subject import normalise
 from mailtick.topics import TopicOutcome, check_reply
@@ -74,13 +75,16 @@ def record(
 ) -> Recorded:
     """Store the mail on its ticket (a new one if need be) and queue the acknowledgement.
 
-    Raises Ignored when the Message-ID is already stored: a refetch or a second delivery.
+    Raises Ignored when the Message-ID is already stored: a refetch or a second delivery;
+    Transient on any other constraint error (try again later).
     """
     try:
         with write_transaction(db):
             return record_mail(raw, mail, disposition, settings, composer)
-    except pw.IntegrityError as exc:  # another process stored the same Message-ID first
-        raise Ignored(f"duplicate Message-ID {mail.message_id} (concurrent)") from exc
+    except pw.IntegrityError as exc:
+        if message_id_stored(mail.message_id):  # another process stored it first
+            raise Ignored(f"duplicate Message-ID {mail.message_id} (concurrent)") from exc
+        raise Transient(f"database constraint: {exc}") from exc  # not proven a duplicate
 
 
 def record_mail(

@@ -7,11 +7,12 @@ import asyncio
 import multiprocessing as mp
 from multiprocessing.synchronize import Event
 
-from harness import make_config
-from servers import Dovecot, SmtpSink
+import peewee as pw
+from harness import make_config, run_once
+from servers import Dovecot, ImapTestClient, SmtpSink, make_mail
 
 from mailtick.app import Daemon
-from mailtick.db import Attempt, open_database, write_transaction
+from mailtick.db import Attempt, Message, Ticket, open_database, write_transaction
 from mailtick.mail import RawMail
 from mailtick.pipeline import begin_batch, count_try, end_tries
 
@@ -70,3 +71,56 @@ def test_a_batch_that_became_empty_is_nothing_to_do(
             await daemon.close()
 
     assert asyncio.run(empty_batch()) == []
+
+
+def _refuse_subject(db: pw.Database, word: str) -> None:
+    """A constraint (not a uniqueness one) that refuses to store a mail with `word` in its
+    subject, as a database-side rule, a full disk check or a bug would."""
+    if isinstance(db, pw.SqliteDatabase):
+        db.execute_sql(
+            "CREATE TRIGGER refuse BEFORE INSERT ON message"
+            f" WHEN instr(NEW.subject, '{word}') > 0"
+            " BEGIN SELECT RAISE(ABORT, 'refused by a test constraint'); END"
+        )
+    else:
+        db.execute_sql(
+            f"ALTER TABLE message ADD CONSTRAINT refuse CHECK (position('{word}' in subject) = 0)"
+        )
+
+
+def _allow_again(db: pw.Database) -> None:
+    if isinstance(db, pw.SqliteDatabase):
+        db.execute_sql("DROP TRIGGER refuse")
+    else:
+        db.execute_sql("ALTER TABLE message DROP CONSTRAINT refuse")
+
+
+def test_a_constraint_error_that_is_no_duplicate_leaves_the_mail_for_a_retry(
+    dovecot: Dovecot, imap_client: ImapTestClient, smtp_sink: SmtpSink, db_url: str
+) -> None:
+    """Only a Message-ID found stored proves a duplicate; any other constraint error is a
+    retry: the mail stays in INBOX, nothing is sent (it was: "duplicate Message-ID", the
+    mail moved to Processed and no ticket)."""
+    config = make_config(dovecot, smtp_sink, db_url)
+    db = open_database(db_url)
+    _refuse_subject(db, "Forbidden")
+    db.close()
+    imap_client.append(make_mail(from_addr="a@customer.example", subject="Printer broken"))
+    refused = make_mail(from_addr="b@customer.example", subject="Forbidden word in here")
+    imap_client.append(refused)
+
+    first = run_once(config)
+    assert (first.ingest.acked, first.ingest.retry) == (1, 1)
+    assert imap_client.fetch_all("INBOX") == [refused]
+    assert len(smtp_sink.wait_for(1)) == 1
+
+    db = open_database(db_url)
+    _allow_again(db)
+    db.close()
+    second = run_once(config)
+    assert (second.ingest.acked, second.ingest.retry) == (1, 0)
+    assert imap_client.fetch_all("INBOX") == []
+    db = open_database(db_url)
+    assert Ticket.select().count() == 2
+    assert Message.select().where(Message.subject == "Forbidden word in here").count() == 1
+    db.close()
