@@ -279,7 +279,8 @@ def _recorded_uids(raws: list[RawMail]) -> set[int]:
         return set()
     first = raws[0]
     query = Message.select(Message.uid).where(
-        (Message.mailbox == first.mailbox)
+        (Message.account == first.account)
+        & (Message.mailbox == first.mailbox)
         & (Message.uidvalidity == first.uidvalidity)
         & Message.uid.in_([raw.uid for raw in raws])
     )
@@ -317,14 +318,15 @@ def _header_message_id(raw: RawMail) -> str:
 STALE_TRIES = timedelta(days=30)
 
 
-_KEY = (Attempt.mailbox, Attempt.uidvalidity, Attempt.uid)  # its unique index
+_KEY = (Attempt.account, Attempt.mailbox, Attempt.uidvalidity, Attempt.uid)  # unique index
 
 
 def _where(raws: Sequence[RawMail], uids: Sequence[int]) -> pw.Expression:
     """The rows of these UIDs of the batch's mailbox (`raws` is never empty)."""
     first = raws[0]
     return (
-        (Attempt.mailbox == first.mailbox)
+        (Attempt.account == first.account)
+        & (Attempt.mailbox == first.mailbox)
         & (Attempt.uidvalidity == first.uidvalidity)
         & Attempt.uid.in_(list(uids))
     )
@@ -350,6 +352,7 @@ def begin_batch(db: pw.Database, raws: list[RawMail]) -> dict[int, Attempt]:
 
 def _first_try(raw: RawMail, now: datetime) -> dict[str, object]:
     return {
+        "account": raw.account,
         "mailbox": raw.mailbox,
         "uidvalidity": raw.uidvalidity,
         "uid": raw.uid,

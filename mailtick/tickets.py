@@ -263,6 +263,7 @@ def store_incoming(
         thread_rule=rule,
         thread_detail=detail,
         flag=flag,
+        account=raw.account if raw else None,
         mailbox=raw.mailbox if raw else None,
         uidvalidity=raw.uidvalidity if raw else None,
         uid=raw.uid if raw else None,

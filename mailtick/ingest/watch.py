@@ -55,9 +55,13 @@ class Counts:
 def load_cursor(db: pw.Database, selected: Selected) -> int:
     """The last handled UID; 0 (start over, dedupe by Message-ID) when UIDVALIDITY changed."""
     with write_transaction(db):
-        row = MailboxCursor.get_or_none(MailboxCursor.mailbox == selected.mailbox)
+        row = _cursor(selected.account, selected.mailbox) or _adopted(selected)
         if row is None:
-            MailboxCursor.create(mailbox=selected.mailbox, uidvalidity=selected.uidvalidity)
+            MailboxCursor.insert(
+                account=selected.account,
+                mailbox=selected.mailbox,
+                uidvalidity=selected.uidvalidity,
+            ).on_conflict_ignore().execute()  # another instance may have just created it
             return 0
         if int(row.uidvalidity) != selected.uidvalidity:
             log.warning(
@@ -71,10 +75,29 @@ def load_cursor(db: pw.Database, selected: Selected) -> int:
         return int(row.last_uid)
 
 
+def _cursor(account: str, mailbox: str) -> MailboxCursor | None:
+    query = MailboxCursor.select().where(
+        (MailboxCursor.account == account) & (MailboxCursor.mailbox == mailbox)
+    )
+    return query.first()  # type: ignore[no-any-return]
+
+
+def _adopted(selected: Selected) -> MailboxCursor | None:
+    """A cursor from before schema 3 (account unknown) with this mailbox's name becomes
+    this account's: the first account to start after the upgrade goes on where it was."""
+    row = _cursor("", selected.mailbox)
+    if row is not None:
+        row.account = selected.account
+        row.save()
+        log.info("cursor of %s adopted by %s", selected.mailbox, selected.account)
+    return row
+
+
 def save_cursor(db: pw.Database, selected: Selected, last_uid: int) -> None:
     with write_transaction(db):
         MailboxCursor.update(last_uid=last_uid).where(
-            (MailboxCursor.mailbox == selected.mailbox)
+            (MailboxCursor.account == selected.account)
+            & (MailboxCursor.mailbox == selected.mailbox)
             & (MailboxCursor.uidvalidity == selected.uidvalidity)
             & (MailboxCursor.last_uid < last_uid)
         ).execute()
@@ -205,7 +228,14 @@ class Watcher:
         if big:
             fetched.update(await conn.fetch_headers(big))
         raws = [
-            RawMail(selected.mailbox, selected.uidvalidity, uid, fetched[uid], sizes.get(uid, 0))
+            RawMail(
+                selected.mailbox,
+                selected.uidvalidity,
+                uid,
+                fetched[uid],
+                sizes.get(uid, 0),
+                selected.account,
+            )
             for uid in uids
             if uid in fetched  # a mail expunged meanwhile is simply gone
         ]
