@@ -4,12 +4,21 @@ identity. Real PostgreSQL/SQLite, Dovecot and SMTP sink; instances are real proc
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import multiprocessing as mp
+import os
+import shutil
+import signal
+import subprocess
+from collections import Counter
+from collections.abc import Callable
 from multiprocessing.synchronize import Event
+from pathlib import Path
 
 import peewee as pw
-from harness import make_config, run_once
-from servers import Dovecot, ImapTestClient, SmtpSink, make_mail
+from aiosmtpd.smtp import Envelope, Session
+from harness import SUPPORT, make_config, run_once, settings, spawn_daemon, write_config
+from servers import Dovecot, ImapTestClient, SmtpSink, free_port, make_mail, stop_process
 
 from mailtick.app import Daemon
 from mailtick.db import Attempt, Message, Ticket, open_database, write_transaction
@@ -124,3 +133,110 @@ def test_a_constraint_error_that_is_no_duplicate_leaves_the_mail_for_a_retry(
     assert Ticket.select().count() == 2
     assert Message.select().where(Message.subject == "Forbidden word in here").count() == 1
     db.close()
+
+
+OTHER = "sales@example.com"
+
+
+def _same_uidvalidity(dovecot: Dovecot, users: list[str], uidvalidity: int) -> None:
+    """Give each user's INBOX (a Maildir, created here before the first login) the same
+    UIDVALIDITY, as two mailboxes created in the same second get."""
+    for user in users:
+        inbox = dovecot.mail_dir / user
+        for sub in ("cur", "new", "tmp"):
+            (inbox / sub).mkdir(parents=True)
+        (inbox / "dovecot-uidlist").write_text(f"3 V{uidvalidity} N1\n")
+        for path in [inbox, *inbox.rglob("*")]:
+            shutil.chown(path, "dovecot", "dovecot")
+
+
+def _uidvalidity(client: ImapTestClient) -> int:
+    typ, data = client.imap.status("INBOX", "(UIDVALIDITY)")
+    assert typ == "OK", data
+    return int(bytes(data[0]).split(b"UIDVALIDITY ")[1].rstrip(b")"))
+
+
+def test_two_accounts_whose_inboxes_share_uidvalidity_both_become_tickets(
+    dovecot_factory: Callable[..., Dovecot], smtp_sink: SmtpSink, db_url: str
+) -> None:
+    """Two mailtick configurations (support@ and sales@ on one server) on one database.
+    Their INBOXes have the same name and the same UIDVALIDITY: the cursor and the dedupe
+    keys name the account too, so every mail of both becomes a ticket (it was: the second
+    account fetched nothing, its mails sat in INBOX without an error)."""
+    dovecot = dovecot_factory(users={SUPPORT: "secret", OTHER: "secret"})
+    _same_uidvalidity(dovecot, [SUPPORT, OTHER], 1700000000)
+    mails = {
+        user: [
+            make_mail(from_addr=f"c{n}@customer.example", subject=f"{user} request {n}")
+            for n in range(3)
+        ]
+        for user in (SUPPORT, OTHER)
+    }
+    for user, raws in mails.items():
+        with dovecot.client(user) as client:
+            assert _uidvalidity(client) == 1700000000
+            client.append_many(raws)
+    support = make_config(dovecot, smtp_sink, db_url)
+    sales = make_config(dovecot, smtp_sink, db_url, imap={"username": OTHER})
+
+    assert run_once(support).ingest.acked == 3
+    assert run_once(sales).ingest.acked == 3
+    for user in (SUPPORT, OTHER):
+        with dovecot.client(user) as client:
+            assert client.count("INBOX") == 0
+            assert len(client.message_ids("Processed")) == 3
+    db = open_database(db_url)
+    assert Ticket.select().count() == 6
+    db.close()
+
+
+class KillingSink(SmtpSink):
+    """An SmtpSink that SIGKILLs the sending daemon when a DATA command arrives after
+    `after` accepted mails: every mail before it was answered 250, this one never is."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.victim: subprocess.Popen[bytes] | None = None
+        self.kill_after: list[int] = []
+
+    def _on_data(self, session: Session, envelope: Envelope) -> str:
+        victim = self.victim
+        if victim is not None and self.kill_after and len(self.messages) >= self.kill_after[0]:
+            self.kill_after.pop(0)
+            self.victim = None
+            os.killpg(victim.pid, signal.SIGKILL)
+            return "451 4.3.0 the sender is gone"
+        return super()._on_data(session, envelope)
+
+
+def test_a_sender_killed_between_mails_sends_none_twice(
+    dovecot: Dovecot, imap_client: ImapTestClient, db_url: str, tmp_path: Path
+) -> None:
+    """The daemon is SIGKILLed three times while it sends 30 acknowledgements, each time
+    just after the server accepted a mail: each accepted mail was marked sent before the
+    next went out, so after the restarts every customer has exactly one acknowledgement
+    (it was: the marks lagged behind the sending, and the restart sent those mails again)."""
+    imap_client.append_many(
+        [make_mail(from_addr=f"c{n}@customer.example", subject=f"Request {n}") for n in range(30)]
+    )
+    with KillingSink() as sink:
+        unreachable = make_config(dovecot, sink, db_url, smtp={"port": free_port()})
+        assert run_once(unreachable).ingest.acked == 30  # 30 acknowledgements wait
+        config = write_config(tmp_path / "config.toml", settings(dovecot, sink, db_url))
+        sink.kill_after = [5, 12, 20]
+        for run in range(4):
+            log_path = tmp_path / f"daemon-{run}.log"
+            proc = spawn_daemon(config, log_path, start_new_session=True)
+            try:
+                if run < 3:
+                    sink.victim = proc
+                    assert proc.wait(60) == -signal.SIGKILL, log_path.read_text()
+                else:
+                    sink.wait_for(30, timeout=30)
+            finally:
+                stop_process(proc)
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)  # parse workers a SIGKILL orphaned
+        delivered = Counter(str(mail.message["In-Reply-To"]) for mail in sink.messages)
+    assert len(delivered) == 30
+    assert max(delivered.values()) == 1, delivered
