@@ -33,6 +33,8 @@ from mailtick.store import Store
 log = logging.getLogger("mailtick.send")
 
 LEASE = timedelta(minutes=10)
+STOP_SENDING = 2.0  # seconds of sending after a stop (well inside app.STOP_GRACE)
+SHARED_POLL = 0.5  # seconds: how soon a sender finds mail another instance queued
 
 
 @dataclass(frozen=True)
@@ -242,6 +244,7 @@ class Sender:
         self.store = store
         self.wake = asyncio.Event()
         self.totals = SendCounts()  # since start-up, for `run --once` and the logs
+        self._stopped_at: float | None = None  # loop time when the stop was first seen
 
     def notify(self) -> None:
         """Called after a commit that queued mail: send now rather than at the next tick."""
@@ -278,10 +281,13 @@ class Sender:
                 task.cancel()
 
     async def _seconds_to_next_due(self) -> float:
+        """Until the next row is due. On a shared database (PostgreSQL) the other instances'
+        rows are looked for every SHARED_POLL seconds: only our own commits wake us."""
+        longest = 60.0 if self.store.url.startswith("sqlite") else SHARED_POLL
         due = await self.store.sending.run(next_due, self.store.db)
         if due is None:
-            return 60.0
-        return max(0.05, min(60.0, (due - utcnow()).total_seconds()))
+            return longest
+        return max(0.05, min(longest, (due - utcnow()).total_seconds()))
 
     async def drain(self, stop: asyncio.Event | None = None) -> SendCounts:
         """Send every due mail, one claimed row at a time, until none is due, `stop` is set
@@ -292,13 +298,23 @@ class Sender:
             item = await self._finish_and_claim([], claim=True)
             while item is not None:
                 mark = await self._send_one(client, item, counts)
-                more = mark.status != "pending" and not (stop is not None and stop.is_set())
+                more = mark.status != "pending" and self._sending_on(stop)
                 item = await self._finish_and_claim([mark], claim=more)
         finally:
             await _quit(client)
             for name in ("sent", "deferred", "failed"):
                 setattr(self.totals, name, getattr(self.totals, name) + getattr(counts, name))
         return counts
+
+    def _sending_on(self, stop: asyncio.Event | None) -> bool:
+        """After a stop, what is due goes out for STOP_SENDING seconds more; the drain then
+        ends between two mails, not cancelled inside one (which would send it again)."""
+        if stop is None or not stop.is_set():
+            return True
+        now = asyncio.get_running_loop().time()
+        if self._stopped_at is None:
+            self._stopped_at = now
+        return now - self._stopped_at < STOP_SENDING
 
     async def _finish_and_claim(self, marks: list[Mark], claim: bool) -> Queued | None:
         db = self.store.db

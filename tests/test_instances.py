@@ -10,14 +10,25 @@ import os
 import shutil
 import signal
 import subprocess
+import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from multiprocessing.synchronize import Event
 from pathlib import Path
 
 import peewee as pw
 from aiosmtpd.smtp import Envelope, Session
-from harness import SUPPORT, make_config, run_once, settings, spawn_daemon, write_config
+from harness import (
+    SUPPORT,
+    daemon_process,
+    mailtick,
+    make_config,
+    run_once,
+    settings,
+    spawn_daemon,
+    wait_until,
+    write_config,
+)
 from servers import Dovecot, ImapTestClient, SmtpSink, free_port, make_mail, stop_process
 
 from mailtick.app import Daemon
@@ -240,3 +251,87 @@ def test_a_sender_killed_between_mails_sends_none_twice(
         delivered = Counter(str(mail.message["In-Reply-To"]) for mail in sink.messages)
     assert len(delivered) == 30
     assert max(delivered.values()) == 1, delivered
+
+
+def test_a_second_instance_on_one_sqlite_database_refuses_to_start(
+    dovecot: Dovecot, smtp_sink: SmtpSink, tmp_path: Path
+) -> None:
+    """SQLite is for one instance: a second `mailtick run` on the same database says so in
+    one line and exits non-zero; the first goes on."""
+    data = settings(dovecot, smtp_sink, f"sqlite:///{tmp_path}/mailtick.db")
+    config = write_config(tmp_path / "config.toml", data)
+    with daemon_process(config, tmp_path / "first.log") as first:
+        second = mailtick("run", "-c", str(config), timeout=60)
+        assert first.poll() is None
+    assert second.returncode == 1
+    [line] = second.stderr.strip().splitlines()
+    assert "another mailtick" in line and f"pid {first.pid}" in line, line
+
+
+@contextlib.contextmanager
+def daemons(config: Path, logs: Path, count: int) -> Iterator[list[subprocess.Popen[bytes]]]:
+    """`count` daemons on one configuration, each in a process group of its own (so that a
+    SIGKILL can take its parse workers along, as systemd does with a unit's cgroup);
+    whatever still runs at the end is stopped."""
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        for number in range(count):
+            procs.append(start_daemon(config, logs / f"daemon-{number}-0.log"))
+        yield procs
+    finally:
+        for proc in procs:
+            end_group(proc)
+
+
+def start_daemon(config: Path, log_path: Path) -> subprocess.Popen[bytes]:
+    return spawn_daemon(config, log_path, start_new_session=True)
+
+
+def end_group(proc: subprocess.Popen[bytes]) -> None:
+    """Stop the daemon (SIGTERM, bounded) and kill what is left of its process group."""
+    stop_process(proc)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+def leads(log_path: Path) -> int:
+    """How often the daemon writing this log became the leader."""
+    return log_path.read_text(errors="replace").count("leading ")
+
+
+def test_one_instance_leads_the_mailbox_and_a_standby_takes_over_a_killed_leader(
+    dovecot: Dovecot,
+    imap_client: ImapTestClient,
+    smtp_sink: SmtpSink,
+    postgres_url: str,
+    tmp_path: Path,
+) -> None:
+    """Two daemons on one PostgreSQL database and one mailbox: only the leader fetches and
+    moves; when it is SIGKILLed the other takes over within 15 s and drains the mailbox.
+    Every mail is in Processed once, every customer got one acknowledgement."""
+    config = write_config(tmp_path / "config.toml", settings(dovecot, smtp_sink, postgres_url))
+    first = [make_mail(from_addr=f"c{n}@customer.example", subject=f"A {n}") for n in range(10)]
+    later = [make_mail(from_addr=f"d{n}@customer.example", subject=f"B {n}") for n in range(10)]
+    with daemons(config, tmp_path, 2) as procs:
+        logs = [tmp_path / f"daemon-{n}-0.log" for n in range(2)]
+        wait_until(lambda: sum(leads(path) for path in logs) == 1, 30)
+        leader = next(n for n, path in enumerate(logs) if leads(path))
+        wait_until(lambda: b"IMAP connected" in logs[leader].read_bytes(), 30)
+        imap_client.append_many(first)
+        wait_until(lambda: imap_client.count("Processed") == 10, 30)
+        standby_log = logs[1 - leader].read_text()
+        assert " new ticket " not in standby_log and "UID FETCH" not in standby_log
+
+        os.killpg(procs[leader].pid, signal.SIGKILL)
+        killed = time.monotonic()
+        imap_client.append_many(later)
+        wait_until(lambda: leads(logs[1 - leader]) == 1, 15)
+        takeover = time.monotonic() - killed
+        wait_until(lambda: imap_client.count("Processed") == 20, 30)
+        smtp_sink.wait_for(20, timeout=30)
+    assert takeover < 15
+    assert imap_client.count("INBOX") == 0
+    processed = Counter(imap_client.message_ids("Processed"))
+    assert len(processed) == 20 and max(processed.values()) == 1
+    acks = Counter(str(mail.message["In-Reply-To"]) for mail in smtp_sink.messages)
+    assert len(acks) == 20 and max(acks.values()) == 1
