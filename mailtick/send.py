@@ -25,7 +25,7 @@ import aiosmtplib
 import peewee as pw
 
 from mailtick.config import SmtpConfig
-from mailtick.db import Message, Outbox, execute, utcnow, write_transaction
+from mailtick.db import execute, utcnow, write_transaction
 from mailtick.ingest.imap import tls_context
 from mailtick.outcomes import Transient
 from mailtick.store import Store
@@ -72,6 +72,10 @@ _CLAIM = (
     "SELECT id FROM outbox WHERE status = 'pending' AND next_attempt_at <= {p}"
     " AND (claimed_until IS NULL OR claimed_until < {p})"
     " ORDER BY next_attempt_at, id LIMIT 1%s) RETURNING id"
+)
+_QUEUED = (
+    "SELECT m.message_id, o.mail_from, o.rcpt_to, m.data, o.attempts"
+    " FROM outbox o JOIN message m ON m.id = o.message_id WHERE o.id = {p}"
 )
 _SENT = (
     "UPDATE outbox SET status = 'sent', sent_at = {p}, attempts = attempts + 1,"
@@ -120,14 +124,14 @@ def _claim_one(db: pw.Database, now: datetime) -> Queued | None:
     found = execute(db, _CLAIM % lock, now + LEASE, claim_token(), now, now).fetchone()
     if found is None:
         return None
-    row = Outbox.select(Outbox, Message).join(Message).where(Outbox.id == found[0]).get()
+    message_id, mail_from, rcpt_to, data, attempts = execute(db, _QUEUED, found[0]).fetchone()
     return Queued(
-        id=row.id,
-        message_id=row.message.message_id,
-        mail_from=row.mail_from,
-        rcpt_to=tuple(a for a in row.rcpt_to.split(",") if a),
-        raw=bytes(row.message.data),
-        attempts=row.attempts,
+        id=found[0],
+        message_id=message_id,
+        mail_from=mail_from,
+        rcpt_to=tuple(a for a in rcpt_to.split(",") if a),
+        raw=bytes(data),
+        attempts=attempts,
     )
 
 
