@@ -207,13 +207,15 @@ def release_orphans(db: pw.Database) -> int:
         "SELECT DISTINCT claim_token FROM outbox"
         " WHERE status = 'pending' AND claim_token IS NOT NULL"
     )
-    release = "UPDATE outbox SET claimed_until = NULL, claim_token = NULL WHERE claim_token = {p}"
-    freed = 0
+    release = (
+        "UPDATE outbox SET claimed_until = NULL, claim_token = NULL"
+        " WHERE status = 'pending' AND claim_token = {p}"
+    )
+    gone = [str(token) for (token,) in execute(db, held).fetchall() if _gone(str(token))]
+    if not gone:  # the usual case: a read, no write lock
+        return 0
     with write_transaction(db):
-        for (token,) in execute(db, held).fetchall():
-            if _gone(str(token)):
-                freed += execute(db, release, token).rowcount
-    return freed
+        return sum(int(execute(db, release, token).rowcount) for token in gone)
 
 
 # -- network side -------------------------------------------------------------------
@@ -256,11 +258,6 @@ class Sender:
 
     async def run(self, stop: asyncio.Event) -> None:
         try:
-            if freed := await self.store.sending.run(release_orphans, self.store.db):
-                log.warning("freed %d outbox rows leased by a sender that died", freed)
-        except Transient as exc:
-            log.warning("outbox unavailable: %s", exc.reason)
-        try:
             await self._loop(stop)
         finally:  # also when cancelled at the end of the stop grace
             with contextlib.suppress(Transient):
@@ -270,6 +267,9 @@ class Sender:
         while not stop.is_set():
             self.wake.clear()
             try:
+                # every round: another instance on this host may have died with a row leased
+                if freed := await self.store.sending.run(release_orphans, self.store.db):
+                    log.warning("freed %d outbox rows leased by a sender that died", freed)
                 counts = await self.drain(stop)
                 wait = await self._seconds_to_next_due()
                 if counts.deferred:  # the server is unwell: not before the first retry

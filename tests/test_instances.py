@@ -308,7 +308,8 @@ def test_one_instance_leads_the_mailbox_and_a_standby_takes_over_a_killed_leader
 ) -> None:
     """Two daemons on one PostgreSQL database and one mailbox: only the leader fetches and
     moves; when it is SIGKILLed the other takes over within 15 s and drains the mailbox.
-    Every mail is in Processed once, every customer got one acknowledgement."""
+    Every mail is in Processed once, every customer got an acknowledgement (one twice at
+    most: the leader may die between the server's 250 and its sent mark)."""
     config = write_config(tmp_path / "config.toml", settings(dovecot, smtp_sink, postgres_url))
     first = [make_mail(from_addr=f"c{n}@customer.example", subject=f"A {n}") for n in range(10)]
     later = [make_mail(from_addr=f"d{n}@customer.example", subject=f"B {n}") for n in range(10)]
@@ -324,6 +325,7 @@ def test_one_instance_leads_the_mailbox_and_a_standby_takes_over_a_killed_leader
 
         os.killpg(procs[leader].pid, signal.SIGKILL)
         killed = time.monotonic()
+        procs[leader].wait()  # reaped, as systemd does: its pid is gone
         imap_client.append_many(later)
         wait_until(lambda: leads(logs[1 - leader]) == 1, 15)
         takeover = time.monotonic() - killed
@@ -334,4 +336,5 @@ def test_one_instance_leads_the_mailbox_and_a_standby_takes_over_a_killed_leader
     processed = Counter(imap_client.message_ids("Processed"))
     assert len(processed) == 20 and max(processed.values()) == 1
     acks = Counter(str(mail.message["In-Reply-To"]) for mail in smtp_sink.messages)
-    assert len(acks) == 20 and max(acks.values()) == 1
+    assert len(acks) == 20
+    assert sum(acks.values()) - len(acks) <= 1  # at most the one mail in flight at the kill
