@@ -18,6 +18,7 @@ Run with -s for the figures. MAILTICK_CHAOS_SEED=<seed> replays the kill schedul
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import signal
@@ -78,7 +79,8 @@ def _kill_at_random(
             if proc.poll() is not None:
                 chaos.exited_on_their_own.append(str(_log(logs, number, chaos.runs[number])))
         victim = rng.randrange(INSTANCES)
-        os.killpg(procs[victim].pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):  # one that exited on its own
+            os.killpg(procs[victim].pid, signal.SIGKILL)
         procs[victim].wait()
         chaos.kills += 1
         text = _log(logs, victim, chaos.runs[victim]).read_text(errors="replace")
