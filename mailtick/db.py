@@ -336,6 +336,12 @@ def _connect(url: str) -> pw.Database:
             host=parts.hostname,
             port=parts.port,
             connect_timeout=10,
+            # a peer that vanished (host down, network cut) is noticed in about 11 s,
+            # not after the kernel's 2 hours: leader.py relies on it
+            keepalives=1,
+            keepalives_idle=5,
+            keepalives_interval=2,
+            keepalives_count=3,
         )
     raise ValueError(f"unsupported database url scheme {parts.scheme!r}")
 

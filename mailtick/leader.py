@@ -118,10 +118,19 @@ def lock_key(account: str, mailbox: str) -> int:
     return int.from_bytes(digest[:8], "big", signed=True)
 
 
+# The server side of the lock connection: PostgreSQL drops a session, and so the lock,
+# about 11 s after the leader's host or network vanished (instead of the kernel's 2 h).
+_TAKE = (
+    "SELECT pg_try_advisory_lock({p}), pg_backend_pid(),"
+    " set_config('tcp_keepalives_idle', '5', false),"
+    " set_config('tcp_keepalives_interval', '2', false),"
+    " set_config('tcp_keepalives_count', '3', false)"
+)
+
+
 def _take(db: pw.Database, key: int) -> int | None:
     """The lock connection's backend pid when the lock is ours now, else None."""
-    sql = "SELECT pg_try_advisory_lock({p}), pg_backend_pid()"
-    taken, pid = _on_own_connection(db, sql, key)
+    taken, pid, *_ = _on_own_connection(db, _TAKE, key)
     return int(pid) if taken else None
 
 
