@@ -16,9 +16,11 @@ from mailtick.answers import Composer
 from mailtick.config import Config, ConfigError, ImapConfig, load_config
 from mailtick.db import check_durability
 from mailtick.identify import Desk
+from mailtick.ingest.imap import account_of
 from mailtick.ingest.parse import warm_up
 from mailtick.ingest.watch import Counts, Watcher
 from mailtick.ingest.workers import ParsePool
+from mailtick.leader import for_database
 from mailtick.notify import Notifier, keep_alive
 from mailtick.pipeline import Pipeline, forget_stale_tries
 from mailtick.record.intake import Settings
@@ -72,8 +74,11 @@ class Daemon:
             quarantine_dir=config.quarantine.directory,
             max_attempts=config.quarantine.max_attempts,
         )
+        self.leadership = for_database(
+            config.database.url, self.store, account_of(config.imap), config.imap.mailbox
+        )
         self.watcher = Watcher(
-            config.imap, self.store, self.pipeline, config.tickets.max_mail_bytes
+            config.imap, self.store, self.pipeline, config.tickets.max_mail_bytes, self.leadership
         )
         self.stop = asyncio.Event()
         self.next_config: Config | None = None  # set by a SIGHUP with a valid config file
@@ -84,6 +89,7 @@ class Daemon:
         return Composer(config.smtp.from_address, "MT", "en").sender.addr_spec.lower()
 
     async def open(self) -> None:
+        self.leadership.claim()  # SQLite: refuse to be a second instance (AlreadyRunning)
         db = await self.store.open()
         await self.store.run(check_durability, db)
         if stale := await self.store.run(forget_stale_tries, db):
@@ -92,6 +98,7 @@ class Daemon:
         self.parsers.start()  # fork the parse workers now: they inherit the loaded model
 
     async def close(self) -> None:
+        await self.leadership.resign()
         self.parsers.close()
         await self.store.close()
 
@@ -100,6 +107,7 @@ class Daemon:
         Returns the new configuration when SIGHUP asked for a reload (see `serve`).
         The signals are handled from the first moment: a SIGTERM during start-up (schema,
         language model) is a clean stop too, not a kill."""
+        self.leadership.claim()  # before anything else: a second SQLite instance just says no
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop, sig.name)

@@ -91,18 +91,21 @@ def _load(args: argparse.Namespace) -> Config:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from mailtick.app import Daemon, serve
+    from mailtick.leader import AlreadyRunning
 
     config = _load(args)
 
     async def go() -> int:
-        if not args.once:
-            await serve(config)
-            return 0
-        daemon = Daemon(config)
         try:
-            result = await daemon.run_once()
+            if not args.once:
+                await serve(config)
+                return 0
+            result = await Daemon(config).run_once()
         except Transient as exc:
             logging.getLogger("mailtick").error("run --once failed: %s", exc.reason)
+            return 1
+        except AlreadyRunning as exc:  # a second instance on one SQLite database
+            print(f"mailtick: {exc}", file=sys.stderr)
             return 1
         ingest, sent = result.ingest, result.send
         print(

@@ -55,12 +55,18 @@ class Counter(BaseModel):
     value = pw.BigIntegerField()
 
 
-class MailboxCursor(BaseModel):
-    """Per mailbox: the UIDVALIDITY we know and the highest UID fully handled."""
+class MailboxCursor(Row):
+    """Per mailbox of an account: the UIDVALIDITY we know and the highest UID fully handled.
+    Since schema 3 keyed by the account too (table `imapcursor`; `mailboxcursor` before)."""
 
-    mailbox = pw.CharField(primary_key=True, max_length=255)
+    account = pw.CharField(max_length=255)  # "user@host", see imap.account_of
+    mailbox = pw.CharField(max_length=255)
     uidvalidity = pw.BigIntegerField()
     last_uid = pw.BigIntegerField(default=0)
+
+    class Meta:
+        table_name = "imapcursor"
+        indexes = ((("account", "mailbox"), True),)
 
 
 class Ticket(Row):
@@ -105,9 +111,10 @@ class Message(Row):
     uidvalidity = pw.BigIntegerField(null=True)
     uid = pw.BigIntegerField(null=True)
     created_at = pw.DateTimeField(default=utcnow)
+    account = pw.CharField(max_length=255, null=True)  # since schema 3: "user@host"
 
     class Meta:
-        indexes = ((("mailbox", "uidvalidity", "uid"), False),)
+        indexes = ((("account", "mailbox", "uidvalidity", "uid"), False),)
 
 
 class Participant(Row):
@@ -185,6 +192,7 @@ class Quarantine(Row):
     # since schema 2
     path = pw.TextField(default="")  # the raw bytes' file under quarantine.directory
     size = pw.BigIntegerField(default=0)  # the mail's size on the server (RFC822.SIZE)
+    account = pw.CharField(max_length=255, default="")  # since schema 3: "user@host"
 
 
 class Attempt(Row):
@@ -199,9 +207,10 @@ class Attempt(Row):
     last_error = pw.TextField(default="")
     first_at = pw.DateTimeField(default=utcnow)
     last_at = pw.DateTimeField(default=utcnow)
+    account = pw.CharField(max_length=255, default="")  # since schema 3: "user@host"
 
     class Meta:
-        indexes = ((("mailbox", "uidvalidity", "uid"), True),)
+        indexes = ((("account", "mailbox", "uidvalidity", "uid"), True),)
 
 
 class Address(BaseModel):
@@ -244,10 +253,58 @@ def _v2(db: pw.Database) -> None:
     db.create_tables((Attempt, Address))
 
 
+def _v3(db: pw.Database) -> None:
+    """The mailbox identity: account (user@host) + mailbox + UIDVALIDITY, in the cursor
+    and every dedupe key. Rows from before have the account "" (unknown): the first
+    account to start with the mailbox's name adopts its cursor (see watch.load_cursor).
+    `attempt` may have the new shape already: _v2 creates it from today's model."""
+    migrator = SchemaMigrator.from_database(db)
+    key = ("account", "mailbox", "uidvalidity", "uid")
+    steps = [
+        *_new_column(db, migrator, "message", pw.CharField(max_length=255, null=True)),
+        *_new_column(db, migrator, "attempt", pw.CharField(max_length=255, default="")),
+        *_new_column(db, migrator, "quarantine", pw.CharField(max_length=255, default="")),
+        *_new_index(db, migrator, "message", "mailbox_uidvalidity_uid", key, unique=False),
+        *_new_index(db, migrator, "attempt", "mailbox_uidvalidity_uid", key, unique=True),
+    ]
+    migrate_steps(*steps)
+    db.create_tables((MailboxCursor,))
+    db.execute_sql(  # type: ignore[no-untyped-call]
+        "INSERT INTO imapcursor (account, mailbox, uidvalidity, last_uid)"
+        " SELECT '', mailbox, uidvalidity, last_uid FROM mailboxcursor"
+    )
+    db.execute_sql("DROP TABLE mailboxcursor")  # type: ignore[no-untyped-call]
+
+
+def _new_column(
+    db: pw.Database, migrator: SchemaMigrator, table: str, field: pw.Field, name: str = "account"
+) -> list[Any]:
+    """The step adding `table.name`, unless the table has that column already."""
+    if any(column.name == name for column in db.get_columns(table)):
+        return []
+    return [migrator.add_column(table, name, field)]
+
+
+def _new_index(
+    db: pw.Database,
+    migrator: SchemaMigrator,
+    table: str,
+    old: str,
+    columns: tuple[str, ...],
+    unique: bool,
+) -> list[Any]:
+    """The steps replacing the index `table_old` by one on `columns` (peewee's names)."""
+    names = {index.name for index in db.get_indexes(table)}
+    steps = [migrator.drop_index(table, f"{table}_{old}")] if f"{table}_{old}" in names else []
+    if f"{table}_{'_'.join(columns)}" not in names:
+        steps.append(migrator.add_index(table, columns, unique))
+    return steps
+
+
 # Schema upgrades of an existing database: (version reached, step). Append, never edit
 # a released step. A new database gets every table as the models define them now, and
 # the last version.
-MIGRATIONS: tuple[tuple[int, Callable[[pw.Database], None]], ...] = ((2, _v2),)
+MIGRATIONS: tuple[tuple[int, Callable[[pw.Database], None]], ...] = ((2, _v2), (3, _v3))
 LATEST = MIGRATIONS[-1][0]
 
 
@@ -285,6 +342,12 @@ def _connect(url: str) -> pw.Database:
             host=parts.hostname,
             port=parts.port,
             connect_timeout=10,
+            # a peer that vanished (host down, network cut) is noticed in about 11 s,
+            # not after the kernel's 2 hours: leader.py relies on it
+            keepalives=1,
+            keepalives_idle=5,
+            keepalives_interval=2,
+            keepalives_count=3,
         )
     raise ValueError(f"unsupported database url scheme {parts.scheme!r}")
 
@@ -320,6 +383,12 @@ def write_transaction(db: pw.Database) -> Iterator[None]:
     else:
         with db.atomic():
             yield
+
+
+def message_id_stored(message_id: str) -> bool:
+    """A constraint error while recording is a duplicate only when this is true: the
+    Message-ID is found stored (another instance recorded the mail first)."""
+    return bool(Message.select().where(Message.message_id == message_id).exists())
 
 
 # SQLite says OperationalError both for an outage (locked, disk full, unreadable file) and

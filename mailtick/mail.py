@@ -15,6 +15,7 @@ class RawMail:
     uid: int
     data: bytes
     server_size: int = 0  # RFC822.SIZE; above tickets.max_mail_bytes only the header is fetched
+    account: str = ""  # whose mailbox: "user@host" (imap.account_of); "" outside IMAP
 
     @property
     def where(self) -> str:

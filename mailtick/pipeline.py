@@ -27,13 +27,20 @@ import enum
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from email.parser import BytesHeaderParser
 from pathlib import Path
 
 import peewee as pw
 
-from mailtick.db import Attempt, Message, is_connection_error, utcnow, write_transaction
+from mailtick.db import (
+    Attempt,
+    Message,
+    is_connection_error,
+    message_id_stored,
+    utcnow,
+    write_transaction,
+)
 from mailtick.ingest.classify import classify
 from mailtick.ingest.workers import Parsed, ParsePool, parse_many
 from mailtick.mail import ParsedMail, RawMail
@@ -100,6 +107,8 @@ class Pipeline:
     async def commit(self, raws: Sequence[RawMail], parsed: list[Parsed] | None) -> list[Action]:
         """Record a batch (parsed by `prepare`, or here); one Action per mail, in order.
         Mails that failed before are recorded one at a time (see the poison cap)."""
+        if not raws:  # every mail of the batch was expunged between SEARCH and FETCH
+            return []
         try:
             tries = await self.store.run(begin_batch, self.store.db, list(raws))
         except Transient as exc:
@@ -225,7 +234,9 @@ class Pipeline:
             return Verdict(Action.ACK, mail.message_id, "ignored", exc.reason)
         except Rejected as exc:
             return _quarantined(db, raw, mail.message_id, exc.reason, self.quarantine_dir)
-        except pw.IntegrityError:  # another process stored the same Message-ID first
+        except pw.IntegrityError as exc:
+            if not message_id_stored(mail.message_id):  # not proven a duplicate: retry
+                raise FailedTry(f"database constraint: {exc}") from exc
             return Verdict(
                 Action.ACK, mail.message_id, "ignored", "duplicate Message-ID (concurrent)"
             )
@@ -263,7 +274,8 @@ def _recorded_uids(raws: list[RawMail]) -> set[int]:
         return set()
     first = raws[0]
     query = Message.select(Message.uid).where(
-        (Message.mailbox == first.mailbox)
+        (Message.account == first.account)
+        & (Message.mailbox == first.mailbox)
         & (Message.uidvalidity == first.uidvalidity)
         & Message.uid.in_([raw.uid for raw in raws])
     )
@@ -301,10 +313,15 @@ def _header_message_id(raw: RawMail) -> str:
 STALE_TRIES = timedelta(days=30)
 
 
+_KEY = (Attempt.account, Attempt.mailbox, Attempt.uidvalidity, Attempt.uid)  # unique index
+
+
 def _where(raws: Sequence[RawMail], uids: Sequence[int]) -> pw.Expression:
+    """The rows of these UIDs of the batch's mailbox (`raws` is never empty)."""
     first = raws[0]
     return (
-        (Attempt.mailbox == first.mailbox)
+        (Attempt.account == first.account)
+        & (Attempt.mailbox == first.mailbox)
         & (Attempt.uidvalidity == first.uidvalidity)
         & Attempt.uid.in_(list(uids))
     )
@@ -313,32 +330,41 @@ def _where(raws: Sequence[RawMail], uids: Sequence[int]) -> pw.Expression:
 def begin_batch(db: pw.Database, raws: list[RawMail]) -> dict[int, Attempt]:
     """Count a try for each mail never tried before and commit it before the batch begins.
     Returns the earlier tries of the others (uid -> Attempt): the suspects, each counted
-    by `count_try` right before it is handled alone."""
+    by `count_try` right before it is handled alone. Race-free between instances: a try
+    another instance counted meanwhile is kept (its insert is skipped)."""
+    if not raws:
+        return {}
     now = utcnow()
     with write_transaction(db):
         known = {int(a.uid): a for a in Attempt.select().where(_where(raws, [r.uid for r in raws]))}
         fresh = [
-            {
-                "mailbox": r.mailbox,
-                "uidvalidity": r.uidvalidity,
-                "uid": r.uid,
-                "count": 1,
-                "first_at": now,
-                "last_at": now,
-            }
-            for r in raws
-            if r.uid not in known
+            _first_try(r, now) for r in sorted(raws, key=lambda r: r.uid) if r.uid not in known
         ]
         if fresh:
-            Attempt.insert_many(fresh).execute()
+            Attempt.insert_many(fresh).on_conflict_ignore().execute()
     return known
 
 
+def _first_try(raw: RawMail, now: datetime) -> dict[str, object]:
+    return {
+        "account": raw.account,
+        "mailbox": raw.mailbox,
+        "uidvalidity": raw.uidvalidity,
+        "uid": raw.uid,
+        "count": 1,
+        "first_at": now,
+        "last_at": now,
+    }
+
+
 def count_try(db: pw.Database, raw: RawMail) -> Attempt:
-    """Count one more try of a suspect and commit it before the try begins."""
+    """Count one more try of a suspect and commit it before the try begins. An upsert: the
+    row may be gone meanwhile (another instance recorded the mail), then this is try 1."""
+    now = utcnow()
     with write_transaction(db):
-        Attempt.update(count=Attempt.count + 1, last_at=utcnow()).where(
-            _where([raw], [raw.uid])
+        Attempt.insert(_first_try(raw, now)).on_conflict(
+            conflict_target=_KEY,
+            update={Attempt.count: Attempt.count + 1, Attempt.last_at: now},
         ).execute()
         attempt: Attempt = Attempt.get(_where([raw], [raw.uid]))
     return attempt

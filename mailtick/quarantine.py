@@ -36,6 +36,7 @@ def add_quarantine(raw: RawMail, message_id: str, reason: str, directory: Path) 
     OSError (disk full, no permission) leaves nothing behind: the caller retries later."""
     path = keep_bytes(raw.data, directory)
     row: Quarantine = Quarantine.create(
+        account=raw.account,
         mailbox=raw.mailbox,
         uidvalidity=raw.uidvalidity,
         uid=raw.uid,

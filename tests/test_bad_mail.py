@@ -643,7 +643,8 @@ def assert_no_foreign_headers(sink: SmtpSink) -> None:
 
 def database_files(url: str) -> set[str]:
     name = Path(url.removeprefix("sqlite:///")).name
-    return {name, f"{name}-wal", f"{name}-shm", f"{name}-journal"}
+    # .lock: the one-instance lock file (mailtick/leader.py)
+    return {name, f"{name}-wal", f"{name}-shm", f"{name}-journal", f"{name}.lock"}
 
 
 # -- parse() alone: bounded time on the extremes -------------------------------------------------

@@ -48,6 +48,13 @@ class Selected:
     mailbox: str
     uidvalidity: int
     exists: int
+    account: str = ""  # account_of(config): with mailbox and uidvalidity, the mailbox identity
+
+
+def account_of(config: ImapConfig) -> str:
+    """The account a mailbox belongs to, "user@host": two accounts' INBOXes may share a
+    name and even a UIDVALIDITY (created in the same second), never this."""
+    return f"{config.username}@{config.host.lower()}"
 
 
 def tls_context(settings: TlsSettings) -> ssl.SSLContext:
@@ -237,7 +244,7 @@ class ImapConnection:
                 exists = int(match.group(1))
         if not uidvalidity:
             raise ImapUnavailable(f"IMAP SELECT {mailbox}: no UIDVALIDITY in the answer")
-        return Selected(mailbox, uidvalidity, exists)
+        return Selected(mailbox, uidvalidity, exists, account_of(self.config))
 
     async def uids_after(self, last_uid: int) -> list[int]:
         """UIDs above `last_uid`, ascending. ("n:*" always names the last mail; filter it.)"""

@@ -22,6 +22,7 @@ from mailtick.config import ImapConfig
 from mailtick.db import MailboxCursor, write_transaction
 from mailtick.ingest.imap import ImapConnection, Selected
 from mailtick.ingest.workers import Parsed
+from mailtick.leader import TRY_EVERY, Leadership, wait_to_lead
 from mailtick.mail import RawMail
 from mailtick.outcomes import Transient
 from mailtick.pipeline import Action
@@ -55,9 +56,13 @@ class Counts:
 def load_cursor(db: pw.Database, selected: Selected) -> int:
     """The last handled UID; 0 (start over, dedupe by Message-ID) when UIDVALIDITY changed."""
     with write_transaction(db):
-        row = MailboxCursor.get_or_none(MailboxCursor.mailbox == selected.mailbox)
+        row = _cursor(selected.account, selected.mailbox) or _adopted(selected)
         if row is None:
-            MailboxCursor.create(mailbox=selected.mailbox, uidvalidity=selected.uidvalidity)
+            MailboxCursor.insert(
+                account=selected.account,
+                mailbox=selected.mailbox,
+                uidvalidity=selected.uidvalidity,
+            ).on_conflict_ignore().execute()  # another instance may have just created it
             return 0
         if int(row.uidvalidity) != selected.uidvalidity:
             log.warning(
@@ -71,10 +76,29 @@ def load_cursor(db: pw.Database, selected: Selected) -> int:
         return int(row.last_uid)
 
 
+def _cursor(account: str, mailbox: str) -> MailboxCursor | None:
+    query = MailboxCursor.select().where(
+        (MailboxCursor.account == account) & (MailboxCursor.mailbox == mailbox)
+    )
+    return query.first()  # type: ignore[no-any-return]
+
+
+def _adopted(selected: Selected) -> MailboxCursor | None:
+    """A cursor from before schema 3 (account unknown) with this mailbox's name becomes
+    this account's: the first account to start after the upgrade goes on where it was."""
+    row = _cursor("", selected.mailbox)
+    if row is not None:
+        row.account = selected.account
+        row.save()
+        log.info("cursor of %s adopted by %s", selected.mailbox, selected.account)
+    return row
+
+
 def save_cursor(db: pw.Database, selected: Selected, last_uid: int) -> None:
     with write_transaction(db):
         MailboxCursor.update(last_uid=last_uid).where(
-            (MailboxCursor.mailbox == selected.mailbox)
+            (MailboxCursor.account == selected.account)
+            & (MailboxCursor.mailbox == selected.mailbox)
             & (MailboxCursor.uidvalidity == selected.uidvalidity)
             & (MailboxCursor.last_uid < last_uid)
         ).execute()
@@ -98,17 +122,54 @@ class Backoff:
 class Watcher:
     """Keeps one mailbox drained: connect, catch up, wait for news, repeat; forever."""
 
-    def __init__(self, config: ImapConfig, store: Store, handle: Handler, max_bytes: int) -> None:
+    def __init__(
+        self,
+        config: ImapConfig,
+        store: Store,
+        handle: Handler,
+        max_bytes: int,
+        leadership: Leadership,
+        try_every: float = TRY_EVERY,
+    ) -> None:
         self.config = config
         self.store = store
         self.handle = handle
         self.max_bytes = max_bytes  # larger mail is not downloaded (tickets.max_mail_bytes)
+        self.leadership = leadership  # only the leader fetches and moves (see leader.py)
+        self.try_every = try_every  # a standby's seconds between tries to lead
         self.backoff = Backoff(config.reconnect_min, config.reconnect_max)
-        self.connected = asyncio.Event()  # set while a session is healthy (for the watchdog)
+        # set while a session is healthy, or while standing by (for the watchdog)
+        self.connected = asyncio.Event()
         self.stop: asyncio.Event | None = None  # run(): after a stop no new batch is begun
 
     async def run(self, stop: asyncio.Event) -> None:
+        """Stand by until this instance leads the mailbox, then keep it drained until the
+        leadership is lost (stand by again) or `stop` is set (give the leadership up)."""
         self.stop = stop
+        try:
+            while not stop.is_set():
+                self.connected.set()  # a standby is healthy too
+                if not await wait_to_lead(self.leadership, stop, self.try_every):
+                    break
+                await self._lead(stop)
+        finally:
+            await self.leadership.resign()
+
+    async def _lead(self, stop: asyncio.Event) -> None:
+        """Sessions, as long as the leadership holds; cancelled the moment it is lost (as
+        safe as a crash: the next leader refetches what was not moved yet)."""
+        sessions = asyncio.ensure_future(self._sessions(stop))
+        lost = asyncio.ensure_future(self.leadership.lost())
+        try:
+            await asyncio.wait({sessions, lost}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (sessions, lost):
+                task.cancel()
+            await asyncio.gather(sessions, lost, return_exceptions=True)
+        if not sessions.cancelled() and (error := sessions.exception()) is not None:
+            raise error  # a stage that dies takes the daemon down (systemd restarts it)
+
+    async def _sessions(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
             try:
                 await self._session(stop)
@@ -119,7 +180,17 @@ class Watcher:
                 await self._pause(stop, delay)
 
     async def run_once(self) -> Counts:
-        """Connect, drain the mailbox once, log out. Raises Transient on trouble."""
+        """Connect, drain the mailbox once, log out. Raises Transient on trouble. Nothing
+        to do when another instance leads the mailbox (it drains it)."""
+        if not await self.leadership.try_lead():
+            log.info("another instance leads %s: not fetching", self.config.mailbox)
+            return Counts()
+        try:
+            return await self._drain_once()
+        finally:
+            await self.leadership.resign()
+
+    async def _drain_once(self) -> Counts:
         conn = ImapConnection(self.config)
         try:
             await conn.open()
@@ -205,7 +276,14 @@ class Watcher:
         if big:
             fetched.update(await conn.fetch_headers(big))
         raws = [
-            RawMail(selected.mailbox, selected.uidvalidity, uid, fetched[uid], sizes.get(uid, 0))
+            RawMail(
+                selected.mailbox,
+                selected.uidvalidity,
+                uid,
+                fetched[uid],
+                sizes.get(uid, 0),
+                selected.account,
+            )
             for uid in uids
             if uid in fetched  # a mail expunged meanwhile is simply gone
         ]

@@ -165,6 +165,7 @@ class Ledger:
             thread_rule=filing.rule,
             thread_detail=filing.detail,
             flag=filing.flag,
+            account=raw.account if raw else None,
             mailbox=raw.mailbox if raw else None,
             uidvalidity=raw.uidvalidity if raw else None,
             uid=raw.uid if raw else None,

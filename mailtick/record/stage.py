@@ -25,8 +25,8 @@ from collections.abc import Callable
 
 import peewee as pw
 
-from mailtick.db import write_transaction
-from mailtick.outcomes import Ignored
+from mailtick.db import message_id_stored, write_transaction
+from mailtick.outcomes import Ignored, Transient
 from mailtick.record.agent import record_agent_mail
 from mailtick.record.customer import record_customer_mail
 from mailtick.record.duplicate import refuse_duplicate
@@ -58,9 +58,13 @@ def record_mail(intake: Intake) -> Recorded:
 def record(db: pw.Database, intake: Intake) -> Recorded:
     """`record_mail` in a transaction of its own.
 
-    Raises Ignored when the Message-ID is already stored: a refetch or a second delivery."""
+    Raises Ignored when the Message-ID is already stored: a refetch or a second delivery;
+    Transient on any other constraint error (try again later)."""
+    message_id = intake.mail.message_id
     try:
         with write_transaction(db):
             return record_mail(intake)
-    except pw.IntegrityError as exc:  # another process stored the same Message-ID first
-        raise Ignored(f"duplicate Message-ID {intake.mail.message_id} (concurrent)") from exc
+    except pw.IntegrityError as exc:
+        if message_id_stored(message_id):  # another process stored it first
+            raise Ignored(f"duplicate Message-ID {message_id} (concurrent)") from exc
+        raise Transient(f"database constraint: {exc}") from exc  # not proven a duplicate
