@@ -66,6 +66,7 @@ class Daemon:
                 limits=config.limits,
                 composer=self.composer,
                 desk=make_desk(config, self.composer),
+                routing=config.routing,
             ),
             max_bytes=config.tickets.max_mail_bytes,
             default_language=config.tickets.default_language,

@@ -140,11 +140,11 @@ def _open_db(config: Config) -> Any:
 
 
 def cmd_tickets(args: argparse.Namespace) -> int:
-    from mailtick.views import list_tickets
+    from mailtick.views import FILTERS, list_tickets
 
     config = _load(args)
     _open_db(config)
-    rows = list_tickets(args.status)
+    rows = list_tickets(**{name: getattr(args, name) for name in FILTERS})
     if args.json:
         print(json.dumps(rows, indent=2, ensure_ascii=False))
         return 0
@@ -152,7 +152,8 @@ def cmd_tickets(args: argparse.Namespace) -> int:
     for t in rows:
         number = f"{prefix}#{t['number']}"
         print(
-            f"{number:<12} {t['status']:<12} {t['age']:>5} {t['messages']:>3} msg  "
+            f"{number:<12} {t['status']:<12} {t['priority']:<7} {t['queue']:<12} "
+            f"{t['owner'] or '-':<10} {t['age']:>5} {t['messages']:>3} msg  "
             f"{t['requester']:<30} {t['subject']}"
         )
     print(f"{len(rows)} ticket(s)")
@@ -297,7 +298,11 @@ COMMANDS: tuple[Command, ...] = (
         (("--connect",), {"action": "store_true", "help": "also log in to IMAP and SMTP"}),
     )),
     Command("tickets", cmd_tickets, "list tickets", (
-        (("--status",), {"help": "only tickets with this status"}), JSON,
+        (("--status",), {"help": "only tickets with this status"}),
+        (("--queue",), {"help": "only tickets of this queue"}),
+        (("--owner",), {"help": "only tickets this agent owns"}),
+        (("--priority",), {"help": "only tickets of this priority"}),
+        JSON,
     )),
     Command("show", cmd_show, "show one ticket's thread", (
         (("number",), {"help": "ticket number, with or without the prefix (MT#10009 or 10009)"}),

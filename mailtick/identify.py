@@ -41,11 +41,17 @@ class Desk:
         return self.signer.address(self.support_addr, kind, number, agent)
 
     def responsible(self, ticket: Any) -> list[AgentConfig]:
-        """The ticket's owner while there is one, otherwise every agent of its queue."""
+        """The ticket's owner while there is one, otherwise every agent of its queue. A queue
+        no agent joins falls back to the "default" queue's agents, then to every agent:
+        nobody's ticket is nobody's to hear of."""
         owner = self.agent_by_name(ticket.owner) if ticket.owner else None
         if owner is not None:
             return [owner]
-        return [a for a in self.agents if ticket.queue in a.queues]
+        for queue in (ticket.queue, "default"):
+            members = [a for a in self.agents if queue in a.queues]
+            if members:
+                return members
+        return list(self.agents)
 
     def agent_by_address(self, addr: str) -> AgentConfig | None:
         return next((a for a in self.agents if addr in a.addresses), None)

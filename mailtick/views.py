@@ -41,13 +41,21 @@ def ticket_summary(ticket: Ticket, messages: int) -> dict[str, Any]:
         "linked_to": ticket.linked_to.number if ticket.linked_to_id else None,
         "owner": ticket.owner,
         "priority": ticket.priority,
+        "queue": ticket.queue,
     }
 
 
-def list_tickets(status: str | None = None) -> list[dict[str, Any]]:
+FILTERS = ("status", "queue", "owner", "priority")  # `mailtick tickets --queue billing`, ...
+
+
+def list_tickets(**only: str | None) -> list[dict[str, Any]]:
+    """Every ticket, oldest first; `only` keeps those whose FILTERS fields have these values."""
     query = Ticket.select().order_by(Ticket.created_at, Ticket.id)
-    if status:
-        query = query.where(Ticket.status == status)
+    for name, value in only.items():
+        if name not in FILTERS:
+            raise ValueError(f"no ticket filter {name!r}")
+        if value:
+            query = query.where(getattr(Ticket, name) == value)
     per_ticket = Message.select(Message.ticket, pw.fn.COUNT(Message.id)).group_by(Message.ticket)
     rows: list[Any] = list(per_ticket.tuples())
     counts = {int(ticket_id): int(n) for ticket_id, n in rows}

@@ -160,6 +160,12 @@ ELI_AGENT: Section = {"name": "eli", "addresses": [ELI], "display_name": "Eli Sa
 REPLY_SECRET = "5e" * 32  # the reply-token key `mailtick init` would write (hex, 32 bytes)
 
 
+def _table(given: Sections | None) -> Section:
+    """A [section] given to Desk.settings (never an array of tables), or an empty one."""
+    assert not isinstance(given, list)
+    return given or {}
+
+
 @dataclass(frozen=True)
 class Desk:
     """One test's Dovecot, SMTP sink and database, and the configuration for them.
@@ -175,7 +181,7 @@ class Desk:
     db_url: str
     tmp_path: Path
 
-    def settings(self, *agents: Section, **sections: Section) -> Section:
+    def settings(self, *agents: Section, **sections: Sections) -> Section:
         """The config dict: see the class; sections(tickets={...}) merge with the desk's."""
         merged: dict[str, Sections] = dict(sections)
         if agents:
@@ -185,12 +191,12 @@ class Desk:
             merged["security"] = {
                 "secret_file": str(secret),
                 "authserv_id": "mx.example.com",
-                **sections.get("security", {}),
+                **_table(sections.get("security")),
             }
-            merged["tickets"] = {"default_language": "de", **sections.get("tickets", {})}
+            merged["tickets"] = {"default_language": "de", **_table(sections.get("tickets"))}
         return settings(self.dovecot, self.sink, self.db_url, **merged)
 
-    def config(self, *agents: Section, **sections: Section) -> Config:
+    def config(self, *agents: Section, **sections: Sections) -> Config:
         return parse_config(self.settings(*agents, **sections), env={})
 
     def show(self, number: str, *options: str, data: Section | None = None) -> str:

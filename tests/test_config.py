@@ -21,6 +21,8 @@ from mailtick.config import (
     ImapConfig,
     Key,
     Many,
+    QueueConfig,
+    RoutingRule,
     Section,
     SecurityConfig,
     SmtpConfig,
@@ -177,6 +179,14 @@ def loaded_defaults(security: str = "tls") -> Config:
     return parse_config(data, env=SECRET_ENV)
 
 
+# Arrays of tables, and a block of each with nothing but its required keys.
+BLOCKS: dict[str, object] = {
+    "agents": AgentConfig(name="x", addresses=("x@example.com",)),
+    "queues": QueueConfig(name="x"),
+    "routing": RoutingRule(),
+}
+
+
 def value_at(config: Config, dotted: str) -> object:
     """The loaded value of a documented key: "imap.tls.verify", "log.level", "agents.name"."""
     if dotted == "log.level":
@@ -184,7 +194,8 @@ def value_at(config: Config, dotted: str) -> object:
     found: object = config
     for part in dotted.split("."):
         found = getattr(found, part)
-        found = found[0] if isinstance(found, tuple) and part == "agents" else found
+        if part in BLOCKS and isinstance(found, tuple):  # an array of tables: its first block
+            found = found[0] if found else BLOCKS[part]  # none given: the block's defaults
     return found
 
 
@@ -206,8 +217,10 @@ def test_example_values_are_the_loaded_defaults_unless_it_says_otherwise() -> No
         default = schema[dotted].default
         if comment.startswith("(required)"):
             assert default is REQUIRED, f"{dotted}: documented as required"
-        elif stated := re.match(r'default (".*?"|\S+)', comment):
-            assert value_at(defaults, dotted) == json.loads(stated[1]), dotted
+        elif stated := re.match(r'default (".*?"|\S+?)[:;,]?(?:\s|$)', comment):
+            found = value_at(defaults, dotted)
+            found = list(found) if isinstance(found, tuple) else found  # as JSON writes it
+            assert found == json.loads(stated[1]), dotted
         elif default is not None:  # None: absent means "not given" (a password source)
             assert value_at(example, dotted) == value_at(defaults, dotted), dotted
     required = {dotted for dotted, key in schema.items() if key.default is REQUIRED}

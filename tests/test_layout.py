@@ -103,6 +103,7 @@ def test_record_steps_run_in_the_documented_order() -> None:
         "contact-form",
         "delivery-report",
         "agent",
+        "route",
         "customer",
     ]
     assert [name for name, _ in AFTER_FILING] == ["acknowledge", "notify-agents", "tell-owner"]

@@ -15,6 +15,7 @@ from mailtick.config.describe import describe
 from mailtick.config.reader import load_config, parse_config, secret_path
 from mailtick.config.schema import SCHEMA
 from mailtick.config.sections import (
+    PRIORITIES,
     AgentConfig,
     Config,
     ConfigError,
@@ -23,6 +24,8 @@ from mailtick.config.sections import (
     ImapConfig,
     LimitsConfig,
     QuarantineConfig,
+    QueueConfig,
+    RoutingRule,
     Security,
     SecurityConfig,
     SmtpConfig,
@@ -34,6 +37,7 @@ from mailtick.config.spec import FIELD, REQUIRED, Key, Many, Section, field_defa
 
 __all__ = [
     "FIELD",
+    "PRIORITIES",
     "REQUIRED",
     "SCHEMA",
     "AgentConfig",
@@ -46,6 +50,8 @@ __all__ = [
     "LimitsConfig",
     "Many",
     "QuarantineConfig",
+    "QueueConfig",
+    "RoutingRule",
     "Section",
     "Security",
     "SecurityConfig",

@@ -297,6 +297,40 @@ def address_list_or_none(value: object, ctx: Context) -> tuple[str, ...]:
     return () if value == [] else address_list(value, ctx)
 
 
+def name_list_or_none(value: object, ctx: Context) -> tuple[str, ...]:
+    """Like name_list, and `[]` for none."""
+    return () if value == [] else name_list(value, ctx)
+
+
+def queue_name(value: object, ctx: Context) -> str:
+    """A queue's name, or "" for none."""
+    return "" if value == "" else agent_name(value, ctx)
+
+
+def phrase_list(value: object, ctx: Context) -> tuple[str, ...]:
+    """Words or phrases to look for: non-empty strings (or `[]` for none)."""
+    if value == []:
+        return ()
+    phrases = _strings(value)
+    if any(not p for p in phrases):
+        raise _expected("non-empty words or phrases", value)
+    return tuple(phrases)
+
+
+_DOMAIN = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$")
+
+
+def domain_list(value: object, ctx: Context) -> tuple[str, ...]:
+    """Domain names (or `[]` for none)."""
+    if value == []:
+        return ()
+    domains = [d.lower() for d in _strings(value)]
+    for domain in domains:
+        if _DOMAIN.fullmatch(domain) is None:
+            raise _expected('domain names such as "kunde.example"', domain)
+    return tuple(domains)
+
+
 def name_list(value: object, ctx: Context) -> tuple[str, ...]:
     names = _strings(value)
     for name in names:

@@ -108,6 +108,8 @@ def parse_config(
         database=parts["database"],
         tickets=parts["tickets"],
         agents=parts["agents"],
+        queues=parts["queues"],
+        routing=parts["routing"],
         security=parts["security"],
         drift=parts["drift"],
         quarantine=parts["quarantine"],

@@ -134,10 +134,46 @@ def _check_agents(agents: list[Values], ctx: Context) -> None:
             owners[addr] = name
 
 
+MATCH_KEYS = ("to", "language", "words", "from_domains", "mailbox")
+
+
+def _check_queues(values: Values, ctx: Context) -> None:
+    """Queues have unique names and their leads are agents; every routing rule sets a
+    queue or a priority, matches on something, and names a queue that exists: "default",
+    a [[queues]] block or one an agent joins."""
+    agents = {agent.get("name") for agent in values.get("agents") or []}
+    known = {"default"} | {
+        q for agent in values.get("agents") or [] for q in agent.get("queues", ())
+    }
+    seen: set[str] = set()
+    for n, queue in enumerate(values.get("queues") or []):
+        name = queue.get("name", "")
+        if name in seen:
+            ctx.report(f"queues[{n}].name", f'"{name}" is declared twice')
+        seen.add(name)
+        for lead in queue.get("leads", ()):
+            if lead not in agents:
+                ctx.report(f"queues[{n}].leads", f'"{lead}" is not an agent')
+    known |= seen
+    for n, rule in enumerate(values.get("routing") or []):
+        if not rule.get("queue") and not rule.get("priority"):
+            ctx.report(f"routing[{n}]", "sets neither a queue nor a priority")
+        if rule.get("queue") and rule["queue"] not in known:
+            ctx.report(
+                f"routing[{n}].queue", f'"{rule["queue"]}" is no queue ({", ".join(sorted(known))})'
+            )
+        if not any(rule.get(key) for key in MATCH_KEYS):
+            ctx.report(
+                f"routing[{n}]", f"matches nothing: give at least one of {', '.join(MATCH_KEYS)}"
+            )
+
+
 def finish_root(values: Values, raw: Mapping[str, object], where: str, ctx: Context) -> None:
-    """Agents need a reply-token secret of at least 32 bytes; without agents none is read."""
+    """Agents need a reply-token secret of at least 32 bytes; without agents none is read.
+    Queues and routing rules name what exists."""
     agents = values.get("agents") or []
     _check_agents(agents, ctx)
+    _check_queues(values, ctx)
     if not agents or "security" not in values:
         return
     secret_bytes = _load_secret(values["security"], ctx)

@@ -15,12 +15,16 @@ from mailtick.config.checks import (
     boolean,
     choice,
     database_url,
+    domain_list,
     host,
     integer,
     mail_address,
     name_list,
+    name_list_or_none,
     number,
     path,
+    phrase_list,
+    queue_name,
     readable_file,
     secret,
     secret_env,
@@ -30,6 +34,7 @@ from mailtick.config.checks import (
 )
 from mailtick.config.rules import finish_imap, finish_root, finish_smtp
 from mailtick.config.sections import (
+    PRIORITIES,
     AgentConfig,
     Config,
     DatabaseConfig,
@@ -39,6 +44,8 @@ from mailtick.config.sections import (
     Language,
     LimitsConfig,
     QuarantineConfig,
+    QueueConfig,
+    RoutingRule,
     Security,
     SecurityConfig,
     SmtpConfig,
@@ -127,6 +134,28 @@ AGENT = Section(
     },
 )
 
+QUEUE = Section(
+    make=QueueConfig,
+    keys={
+        "name": Key(agent_name),
+        "leads": Key(name_list_or_none),
+    },
+)
+
+ROUTING_RULE = Section(
+    make=RoutingRule,
+    keys={
+        "name": Key(text(empty_ok=True)),
+        "queue": Key(queue_name),
+        "priority": Key(choice("", *PRIORITIES)),
+        "to": Key(address_list_or_none),
+        "language": Key(choice("", *get_args(Language))),
+        "words": Key(phrase_list),
+        "from_domains": Key(domain_list),
+        "mailbox": Key(text(empty_ok=True)),
+    },
+)
+
 SCHEMA = Section(
     keys={
         "imap": IMAP,
@@ -182,6 +211,8 @@ SCHEMA = Section(
             },
         ),
         "agents": Many(AGENT),
+        "queues": Many(QUEUE),
+        "routing": Many(ROUTING_RULE),
     },
     finish=finish_root,
 )

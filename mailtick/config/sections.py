@@ -121,6 +121,34 @@ class AgentConfig:
 
 
 @dataclass(frozen=True)
+class QueueConfig:
+    """A queue is a department: its agents join it through their `queues` list."""
+
+    name: str  # "billing"; the queue "default" always exists
+    leads: tuple[str, ...] = ()  # agents who get its escalations and reports
+
+
+Priority = Literal["urgent", "high", "normal", "low"]
+PRIORITIES: tuple[Priority, ...] = ("urgent", "high", "normal", "low")
+
+
+@dataclass(frozen=True)
+class RoutingRule:
+    """One row of the routing table. Every match key given must hold; the first matching
+    rule with a queue decides the queue of a new ticket, the first with a priority its
+    priority (routing.py)."""
+
+    name: str = ""  # what the log and `mailtick show` call it ("": routing[N])
+    queue: str = ""  # "": this rule sets only the priority
+    priority: Priority | Literal[""] = ""  # "": this rule sets only the queue
+    to: tuple[str, ...] = ()  # any of these among To, Cc, Delivered-To, X-Original-To
+    language: Language | Literal[""] = ""  # as detected from the text
+    words: tuple[str, ...] = ()  # any of these words or phrases in the subject or text
+    from_domains: tuple[str, ...] = ()  # the sender's domain or a subdomain of one
+    mailbox: str = ""  # the IMAP folder the mail came from
+
+
+@dataclass(frozen=True)
 class SecurityConfig:
     secret_file: Path = Path("/var/lib/mailtick/reply-secret")  # `mailtick init` creates it
     secret_env: str | None = None  # or the key from this variable (hex, 32 bytes or more)
@@ -136,6 +164,8 @@ class Config:
     database: DatabaseConfig
     tickets: TicketsConfig = TicketsConfig()
     agents: tuple[AgentConfig, ...] = ()
+    queues: tuple[QueueConfig, ...] = ()
+    routing: tuple[RoutingRule, ...] = ()
     security: SecurityConfig = SecurityConfig()
     drift: DriftConfig = DriftConfig()
     quarantine: QuarantineConfig = QuarantineConfig()

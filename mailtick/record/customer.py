@@ -59,7 +59,7 @@ def file_mail(intake: Intake) -> Filed:
     decision = participants_only(resolve(intake.lookup, reopen_days), intake)
     closed_for: timedelta | None = None
     if decision.ticket is None:
-        ticket = ledger.open_ticket(mail, link_to=decision.link_to)
+        ticket = ledger.open_ticket(mail, intake.route, link_to=decision.link_to)
     else:
         ticket = decision.ticket
         closed_for = intake.now - ticket.closed_at if ticket.closed_at else None

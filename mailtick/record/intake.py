@@ -8,16 +8,17 @@ Steps never change it; what they write goes through `intake.ledger`.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from mailtick.answers import Composer
-from mailtick.config import DriftConfig, LimitsConfig, TicketsConfig
+from mailtick.config import DriftConfig, LimitsConfig, RoutingRule, TicketsConfig
 from mailtick.db import utcnow
 from mailtick.identify import Desk, Identity
 from mailtick.ingest.classify import Disposition, classify
 from mailtick.mail import ParsedMail, RawMail
 from mailtick.record.ledger import Ledger
+from mailtick.routing import Route
 from mailtick.threading.resolve import Lookup
 
 
@@ -30,6 +31,7 @@ class Settings:
     limits: LimitsConfig
     composer: Composer
     desk: Desk | None = None  # the agents and their reply tokens; None: no agents configured
+    routing: tuple[RoutingRule, ...] = ()  # [[routing]]: queue and priority of new tickets
 
     @property
     def prefix(self) -> str:
@@ -53,6 +55,7 @@ class Intake:
     ledger: Ledger
     lookup: Lookup  # the tickets holding the Message-IDs the mail names, asked once
     now: datetime
+    route: Route = field(default_factory=Route)  # where a new ticket goes (step `route`)
 
     @classmethod
     def of(

@@ -33,6 +33,7 @@ from mailtick.db import (
 )
 from mailtick.mail import ParsedMail, RawMail
 from mailtick.numbers import FIRST_SEQUENCE, ticket_number
+from mailtick.routing import Route
 from mailtick.threading.subject import normalise
 
 log = logging.getLogger("mailtick.ingest")
@@ -60,8 +61,9 @@ class Ledger:
 
     # -- tickets --------------------------------------------------------------------------
 
-    def open_ticket(self, mail: ParsedMail, link_to: int | None = None, queue: str = "") -> Ticket:
-        """A new ticket for `mail`'s sender, linked to an older ticket when `link_to` is set."""
+    def open_ticket(self, mail: ParsedMail, where: Route, link_to: int | None = None) -> Ticket:
+        """A new ticket for `mail`'s sender in the queue and priority `where` says, linked to
+        an older ticket when `link_to` is set."""
         row: dict[str, Any] = {
             "number": next_number(),
             "subject": normalise(mail.subject, self.prefix),
@@ -72,10 +74,12 @@ class Ledger:
             "created_at": self.now,
             "updated_at": self.now,
             "linked_to": link_to,
+            "queue": where.queue,
+            "priority": where.priority,
         }
-        if queue:
-            row["queue"] = queue
         ticket = Ticket(id=insert_row(Ticket, **row), **row)
+        if where.queue_rule or where.priority_rule:
+            self.event(ticket, "routed", where.why())
         if link_to is not None:
             old = get_row(Ticket, link_to)
             self.event(ticket, "linked", f"follows closed ticket {old.number}")

@@ -13,6 +13,7 @@ messages, events and outbox rows, and into the letters they queue (letters.py).
     contact-form     From is a web form's address       -> the visitor (Reply-To) writes
     delivery-report  a bounce or delay of our mail      -> stored on that mail's ticket
     agent            a verified agent's reply or note   -> commands, relay, notes
+    route            the [[routing]] table              -> queue and priority, if it opens one
     customer         everyone else                      -> filed, then AFTER_FILING
 
 The pipeline runs `record_mail` inside its batch transaction (a savepoint per mail);
@@ -33,6 +34,7 @@ from mailtick.record.duplicate import refuse_duplicate
 from mailtick.record.form import take_form_visitor
 from mailtick.record.intake import Intake, Recorded
 from mailtick.record.report import record_report
+from mailtick.record.route import choose_route
 
 Step = Callable[[Intake], Recorded | Intake | None]  # None: not mine, the next step's
 
@@ -41,6 +43,7 @@ STEPS: tuple[tuple[str, Step], ...] = (
     ("contact-form", take_form_visitor),
     ("delivery-report", record_report),
     ("agent", record_agent_mail),
+    ("route", choose_route),
     ("customer", record_customer_mail),
 )
 
