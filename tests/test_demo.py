@@ -21,7 +21,7 @@ from typing import IO, Any
 import pytest
 
 from mailtick import demo
-from mailtick.demo import DANA, JOERG, SUPPORT, Customer, Delivered, DemoResult, Step
+from mailtick.demo import BEA, BERT, DANA, JOERG, SUPPORT, Customer, Delivered, DemoResult, Step
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -69,8 +69,8 @@ def test_the_script_plays_over_real_protocols(private_tmp: Path) -> None:
     first, second = ticket(result, "mail"), ticket(result, "wifi")
     mail_tag, wifi_tag = f"[MT#{first['number']}]", f"[MT#{second['number']}]"
 
-    # two tickets, linked; the first closed by Dana, the second open and Jörg's
-    assert len(result.tickets) == 2 and first["number"] != second["number"]
+    # Jörg's two tickets, linked; the first closed by Dana, the second open and Jörg's
+    assert len(result.tickets) == 3 and first["number"] != second["number"]
     assert second["linked_to"] == first["number"] and first["links"] == [second["number"]]
     assert (first["status"], first["owner"], first["language"]) == ("closed", "dana", "de")
     assert (second["status"], second["requester"]) == ("open", JOERG.addr)
@@ -90,6 +90,15 @@ def test_the_script_plays_over_real_protocols(private_tmp: Path) -> None:
     wifi_mail = next(m for m in second["thread"] if "WLAN" in m["text"])
     assert warning.message["In-Reply-To"] == wifi_mail["message_id"]
     assert wifi_tag in split.subject and mail_tag in split.text
+
+    # Bea's invoice: routed to billing, where Bert (not Dana) hears of it
+    invoice = ticket(result, "invoice")
+    assert (invoice["queue"], invoice["requester"]) == ("billing", BEA.addr)
+    assert [e["detail"] for e in invoice["events"] if e["kind"] == "routed"] == [
+        "queue billing (rule invoices), priority normal"
+    ]
+    [told] = to(result, BERT.addr)
+    assert f"[MT#{invoice['number']}]" in told.subject
 
     # Dana: notifications with a reply token; her two replies went to such an address
     notifications = to(result, DANA.addr)
@@ -208,7 +217,8 @@ def test_mailtick_demo_command(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert time.monotonic() - started < 60
-    [first] = re.findall(r"new ticket MT#(\d+), acknowledged", proc.stdout)
+    first, invoice = re.findall(r"new ticket MT#(\d+), acknowledged", proc.stdout)
+    assert f"[MT#{invoice}] routed: queue billing (rule invoices)" in proc.stdout
     assert re.search(rf"new ticket \[MT#\d+\] .*, linked to \[MT#{first}\]", proc.stdout)
     assert f"[MT#{first}] closed by dana" in proc.stdout
     assert "mailtick demo done in" in proc.stdout

@@ -16,13 +16,15 @@ The parts, each importing only those above it:
 """
 
 from mailtick.demo.common import SUPPORT, WAIT_SECONDS, DemoFailed
-from mailtick.demo.people import DANA, JOERG, Agent, Customer
+from mailtick.demo.people import BEA, BERT, DANA, JOERG, Agent, Customer
 from mailtick.demo.printer import wants_color
 from mailtick.demo.runner import DemoResult, play, run_demo
 from mailtick.demo.script import SCRIPT, Step, acknowledged, writes
 from mailtick.demo.servers import Delivered, is_support, local_delivery
 
 __all__ = [
+    "BEA",
+    "BERT",
     "DANA",
     "JOERG",
     "SCRIPT",

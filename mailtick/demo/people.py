@@ -39,6 +39,8 @@ class Agent:
 
 JOERG = Customer("joerg", "Jörg Beispiel", "joerg@kunde.example", "de")
 DANA = Agent("dana", "Dana Example", "dana@example.com")
+BEA = Customer("bea", "Bea Muster", "bea@firma.example", "de")
+BERT = Agent("bert", "Bert Billing", "bert@example.com")  # the billing queue's agent
 NEW_WORD = {"de": "NEU", "en": "NEW"}  # what a drift warning asks the customer to answer
 
 

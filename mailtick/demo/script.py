@@ -16,6 +16,8 @@ from typing import Any
 
 from mailtick.demo.common import PREFIX, SUPPORT, SUPPORT_NAME, DemoFailed, tag
 from mailtick.demo.people import (
+    BEA,
+    BERT,
     DANA,
     JOERG,
     NEW_WORD,
@@ -88,6 +90,16 @@ Können Sie bitte jemanden vorbeischicken?
 
 Viele Grüße
 Jörg Beispiel
+"""
+
+BEA_INVOICE = """\
+Guten Tag,
+
+die Rechnung 2026-1187 wurde uns zweimal vom Konto abgebucht, am 2. und am 3. Dezember.
+Bitte erstatten Sie einen der beiden Beträge.
+
+Mit freundlichen Grüßen
+Bea Muster
 """
 
 
@@ -351,6 +363,22 @@ def closed(agent: Agent, ticket: str) -> Expectation:
     return expect
 
 
+def routed(ticket: str, queue: str, passed_over: Agent) -> Expectation:
+    """The ticket landed in `queue` by a routing rule, and `passed_over` heard nothing of it."""
+
+    async def expect(demo: Demo) -> str:
+        number = demo.numbers[ticket]
+        detail = await demo.ticket(number) or {}
+        event = next((e for e in detail.get("events", ()) if e["kind"] == "routed"), None)
+        if detail.get("queue") != queue or event is None:
+            raise DemoFailed(f"{tag(number)} is in queue {detail.get('queue')!r}, not {queue!r}")
+        if demo.last_mail_to(passed_over.addr, tag(number)) is not None:
+            raise DemoFailed(f"{passed_over.name} was told of {tag(number)}, not their queue")
+        return f"{tag(number)} routed: {event['detail']}; {passed_over.name} not bothered"
+
+    return expect
+
+
 SCRIPT: tuple[Step, ...] = (
     Step(
         "Jörg writes in German: his company's mails bounce",
@@ -381,5 +409,14 @@ SCRIPT: tuple[Step, ...] = (
         'Dana closes the first ticket: "#close" in a reply to its notification',
         agent_replies(DANA, "mail", "#close"),
         (closed(DANA, "mail"), nothing_to(JOERG)),
+    ),
+    Step(
+        "Bea writes about an invoice charged twice: the billing queue gets it",
+        writes(BEA, "Rechnung doppelt abgebucht", BEA_INVOICE),
+        (
+            acknowledged(BEA, "invoice"),
+            routed("invoice", "billing", DANA),
+            notified(BERT, "invoice"),
+        ),
     ),
 )

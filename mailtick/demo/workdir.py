@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from mailtick.demo.common import HOST, PREFIX, SUPPORT, SUPPORT_FROM
-from mailtick.demo.people import DANA
+from mailtick.demo.people import BERT, DANA
 from mailtick.security import generate_secret
 
 PASSWORD_ENV = "MAILTICK_IMAP_PASSWORD"
@@ -61,6 +61,26 @@ secret_file = "{secret_file}"
 name = "{agent.name}"
 addresses = ["{agent.addr}"]
 display_name = "{agent.display_name}"
+
+[[agents]]
+name = "{billing.name}"
+addresses = ["{billing.addr}"]
+display_name = "{billing.display_name}"
+queues = ["billing"]
+
+[[queues]]
+name = "billing"
+leads = ["{billing.name}"]
+
+[[routing]]
+name = "outage"
+priority = "urgent"
+words = ["Server ausgefallen", "server down"]
+
+[[routing]]
+name = "invoices"
+queue = "billing"
+words = ["Rechnung", "Kündigung", "invoice"]
 """
 
 
@@ -75,6 +95,7 @@ def config_text(imap_port: int, smtp_port: int) -> str:
         prefix=PREFIX,
         secret_file=SECRET_FILE,
         agent=DANA,
+        billing=BERT,
     )
 
 
