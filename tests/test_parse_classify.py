@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from servers import make_mail
 
-from mailtick.ingest.classify import classify
+from mailtick.ingest.classify import Disposition, classify
 from mailtick.ingest.imap import parse_fetch, uid_set
 from mailtick.ingest.parse import parse
 
@@ -51,8 +51,8 @@ def test_html_only_mail_becomes_text_and_attachments_keep_their_bytes() -> None:
 @pytest.mark.parametrize(
     ("headers", "sender", "rule"),
     [
-        ({"Auto-Submitted": "auto-replied"}, "a@x.example", "auto-submitted"),
-        ({"Precedence": "bulk"}, "a@x.example", "precedence"),
+        ({"Auto-Submitted": "auto-replied"}, "a@x.example", "auto-replied"),
+        ({"Precedence": "list"}, "a@x.example", "precedence-list"),
         ({"List-Id": "<list.x.example>"}, "a@x.example", "list-id"),
         ({"X-Mailtick-Loop": "support@example.com 10019"}, "a@x.example", "our-loop-header"),
         ({}, "MAILER-DAEMON@x.example", "robot-sender"),
@@ -75,6 +75,23 @@ def test_automatic_mail_is_recognised(headers: dict[str, str], sender: str, rule
     mail = parse(make_mail(from_addr=sender, headers=headers))
     disposition = classify(mail, max_bytes=10**7)
     assert disposition.reason == rule and disposition.automatic == (rule != "customer")
+    assert disposition.answer == (rule == "customer")
+
+
+@pytest.mark.parametrize(
+    ("headers", "rule"),
+    [
+        ({"Auto-Submitted": "auto-generated"}, "auto-submitted"),
+        ({"Precedence": "bulk"}, "precedence"),
+        ({"List-Unsubscribe": "<mailto:unsubscribe@news.example>"}, "list-unsubscribe"),
+        ({"X-Auto-Response-Suppress": "All"}, "x-auto-response-suppress"),
+    ],
+)
+def test_headers_that_only_forbid_an_answer_leave_the_mail_a_persons(
+    headers: dict[str, str], rule: str
+) -> None:
+    disposition = classify(parse(make_mail(headers=headers)), max_bytes=10**7)
+    assert disposition == Disposition(automatic=False, reason=rule, answer=False)
 
 
 def test_uid_sets_are_compact() -> None:

@@ -1,7 +1,12 @@
-"""Stage `classify`: is this mail automatic (never answered) or too big? Touches nothing.
+"""Stage `classify`: did a robot write this mail, may we answer it, is it too big? Touches nothing.
 
-RFC 3834: automatic mail (auto-replies, bounces, lists, bulk) is recorded on its
-ticket but never gets an automatic answer, so two robots cannot ping-pong.
+RFC 3834: automatic mail (auto-replies, bounces, list traffic) is recorded on its
+ticket but never gets an automatic answer, so two robots cannot ping-pong, and the
+agents are not bothered with it (AUTOMATIC_RULES). Some headers only forbid an
+automatic answer (List-Unsubscribe, Precedence: bulk, X-Auto-Response-Suppress,
+Auto-Submitted other than auto-replied): newsletter tools and some clients add them
+to a person's ordinary mail, so such a mail is a customer's, told to the agents,
+but never answered automatically (NO_ANSWER_RULES).
 """
 
 from __future__ import annotations
@@ -17,8 +22,9 @@ LOOP_HEADER = "X-Mailtick-Loop"
 
 @dataclass(frozen=True)
 class Disposition:
-    automatic: bool
+    automatic: bool  # a robot wrote it: recorded, never answered, the agents not told
     reason: str  # the rule that decided, for the log and the message record
+    answer: bool = True  # False: no automatic answer (acknowledgement, drift question, ...)
 
 
 def _header_is(name: str, *values: str) -> Callable[[ParsedMail], bool]:
@@ -45,6 +51,10 @@ def _any_value_is(name: str, value: str) -> Callable[[ParsedMail], bool]:
 def _auto_submitted(mail: ParsedMail) -> bool:
     value = mail.header("Auto-Submitted").strip().lower()
     return bool(value) and not value.startswith("no")
+
+
+def _auto_replied(mail: ParsedMail) -> bool:
+    return mail.header("Auto-Submitted").strip().lower().startswith("auto-replied")
 
 
 def _robot_sender(mail: ParsedMail) -> bool:
@@ -90,15 +100,13 @@ NONSTANDARD_MARKERS: tuple[tuple[str, Callable[[ParsedMail], bool], str], ...] =
     ("delivered-to-autoresponder", _any_value_is("Delivered-To", "autoresponder"), "qmail"),
 )
 
-# (name, predicate): the first that matches marks the mail automatic.
+# (name, predicate): the first that matches marks the mail automatic: a robot wrote it.
 AUTOMATIC_RULES: tuple[tuple[str, Callable[[ParsedMail], bool]], ...] = (
     ("our-loop-header", _has_header(LOOP_HEADER)),
-    ("auto-submitted", _auto_submitted),
-    ("precedence", _header_is("Precedence", "bulk", "junk", "list")),
+    ("auto-replied", _auto_replied),
+    ("precedence-list", _header_is("Precedence", "list")),
     *((name, rule) for name, rule, _ in NONSTANDARD_MARKERS),
     ("list-id", _has_header("List-Id")),
-    ("list-unsubscribe", _has_header("List-Unsubscribe")),
-    ("x-auto-response-suppress", _has_header("X-Auto-Response-Suppress")),
     ("null-return-path", null_return_path),
     ("robot-sender", _robot_sender),
     ("delivery-report", _delivery_report),
@@ -107,10 +115,22 @@ AUTOMATIC_RULES: tuple[tuple[str, Callable[[ParsedMail], bool]], ...] = (
 )
 
 
+# (name, predicate): a person may have written it, but it asks for no automatic answer.
+NO_ANSWER_RULES: tuple[tuple[str, Callable[[ParsedMail], bool]], ...] = (
+    ("auto-submitted", _auto_submitted),
+    ("precedence", _header_is("Precedence", "bulk", "junk")),
+    ("list-unsubscribe", _has_header("List-Unsubscribe")),
+    ("x-auto-response-suppress", _has_header("X-Auto-Response-Suppress")),
+)
+
+
 def classify(mail: ParsedMail, max_bytes: int) -> Disposition:
     if len(mail.raw) > max_bytes:
         raise Rejected(f"mail of {len(mail.raw)} bytes exceeds tickets.max_mail_bytes={max_bytes}")
     for name, rule in AUTOMATIC_RULES:
         if rule(mail):
-            return Disposition(automatic=True, reason=name)
+            return Disposition(automatic=True, reason=name, answer=False)
+    for name, rule in NO_ANSWER_RULES:
+        if rule(mail):
+            return Disposition(automatic=False, reason=name, answer=False)
     return Disposition(automatic=False, reason="customer")

@@ -134,7 +134,7 @@ Effect = Callable[[Intake, Filed], bool]  # True: it queued mail
 
 def _acknowledge(intake: Intake, filed: Filed) -> bool:
     """A new ticket from a person: the customer learns its number."""
-    if not filed.new or intake.disposition.automatic:
+    if not filed.new or not intake.disposition.answer:
         return False
     return acknowledge(filed.ticket, intake)
 

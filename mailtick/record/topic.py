@@ -78,7 +78,8 @@ def check_reply(
         closed_for=closed_for,
         threshold=drift.threshold,
     )
-    action = drift.action if verdict.new_topic else "none"
+    answer = intake.disposition.answer  # a warning and a split notice are answers
+    action = drift.action if verdict.new_topic and answer else "none"
     decision = json.dumps({**verdict.to_json(), "action": action}, ensure_ascii=False)
     intake.ledger.judge_message(int(message.id), decision)
     if action == "warn":
