@@ -6,7 +6,7 @@ import sqlite3
 
 import peewee as pw
 import pytest
-from harness import make_config, run_once
+from harness import DANA, DANA_AGENT, Desk, make_config, run_once
 from servers import Dovecot, ImapTestClient, SmtpSink, make_mail
 
 from mailtick.db import Message, Ticket, is_connection_error, open_database
@@ -128,3 +128,25 @@ def test_a_contact_forms_visitor_is_the_requester_and_gets_the_answers(
         assert Ticket.select().count() == 2
     finally:
         db.close()
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        {"List-Unsubscribe": "<mailto:unsubscribe@tool.example>"},
+        {"Precedence": "bulk"},
+        {"X-Auto-Response-Suppress": "All"},
+        {"Auto-Submitted": "auto-generated"},
+    ],
+)
+def test_a_persons_mail_with_a_no_answer_header_reaches_the_agents_unanswered(
+    desk: Desk, db: pw.Database, imap_client: ImapTestClient, smtp_sink: SmtpSink,
+    header: dict[str, str],
+) -> None:  # fmt: skip
+    """Newsletter tools and some clients add these headers to ordinary mail: they forbid an
+    automatic answer, they do not prove that no person wrote."""
+    imap_client.append(make_mail(from_addr="kim@kunde.example", subject="Frage", headers=header))
+    run_once(desk.config(DANA_AGENT))
+    assert len(smtp_sink.to(DANA)) == 1  # the agent is told
+    assert smtp_sink.to("kim@kunde.example") == []  # nothing answers automatically
+    assert Message.get(Message.author_addr == "kim@kunde.example").kind == "customer"
