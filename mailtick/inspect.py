@@ -66,6 +66,7 @@ def describe_mail(
         "language": mail.language,
         "automatic": disposition.automatic,
         "automatic_rule": disposition.reason,
+        "answer": disposition.answer,  # False: no automatic answer (acknowledgement, ...)
         "visible": parts.visible,
         "signature": parts.signature,
         "quoted": parts.quoted,

@@ -86,7 +86,8 @@ def test_auto_reply_is_automatic_with_its_rule() -> None:
         headers={"Auto-Submitted": "auto-replied"},
     )
     report = describe_mail(raw, "en")
-    assert (report["automatic"], report["automatic_rule"]) == (True, "auto-submitted")
+    assert (report["automatic"], report["automatic_rule"]) == (True, "auto-replied")
+    assert report["answer"] is False
     assert report["headers"]["Auto-Submitted"] == "auto-replied"
 
 

@@ -13,6 +13,7 @@ aioimaplib leaves three gaps this module closes:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import ssl
@@ -36,6 +37,7 @@ _FETCH_HEAD = re.compile(rb"^\d+ FETCH \(")
 _FETCH_UID = re.compile(rb"UID (\d+)")
 _FETCH_SIZE = re.compile(rb"RFC822\.SIZE (\d+)")
 HEADER_BYTES = 65536  # of a mail too big to download, this much of its header is fetched
+CLOSE_WAIT = 1.0  # seconds a closing connection may take before it is aborted
 _LITERAL = re.compile(rb"\{(\d+)\}$")
 
 
@@ -213,9 +215,21 @@ class ImapConnection:
         except Exception as exc:  # closing a dead session: nothing left to save
             log.debug("IMAP logout failed: %s", exc)
         finally:
-            transport = client.protocol.transport
-            if transport is not None:
-                transport.close()
+            await self._release(client.protocol.transport)
+
+    async def _release(self, transport: asyncio.BaseTransport | None) -> None:
+        """Close the connection and wait (briefly) until it is gone. A TLS transport closes
+        with a close_notify exchange that needs the event loop: if the loop ended first
+        (`run --once`), the socket under it was never closed. Whatever is left is aborted."""
+        if transport is None:
+            return
+        transport.close()
+        lost = self._lost
+        if lost is not None and not lost.done():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(lost), timeout=CLOSE_WAIT)
+        if isinstance(transport, asyncio.Transport):
+            transport.abort()  # a no-op once it is closed
 
     # -- mailbox operations -----------------------------------------------------
 
