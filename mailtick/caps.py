@@ -19,11 +19,13 @@ that were not held themselves:
   a day. Agents are exempt: on a busy day they get many notifications.
 - bouncing: nothing automatic goes to an address whose mail bounces (`Address.bouncing`,
   written from delivery reports).
-- robot-pace: at most `limits.answers_per_base_address` automatic answers in ten
-  minutes to one base address: the address with its plus-part stripped, so an
+- robot-pace: a robot answers us. Counted are the automatic answers of the last ten
+  minutes to one base address (the address with its plus-part stripped, so an
   autoresponder that answers from `robot+1@…`, `robot+2@…`, … with a new subject each
-  time is one correspondent. A person rarely opens a third ticket within ten minutes;
-  a robot that answers every acknowledgement within seconds does at once.
+  time is one correspondent) that had gone out before the mail in hand was written
+  (its Date): mail that answers them. At `limits.answers_per_base_address` the next
+  is held. A backlog (mail written before our answers went out) never counts, and a
+  person rarely answers three acknowledgements with three new tickets in ten minutes.
 
 Decisions for the kinds of mail:
 - relay (an agent's answer to the customer) is never held: a human decided to send it.
@@ -128,6 +130,7 @@ class Sending:
     ticket_id: int
     ticket_tag: str  # "MT#10019", for the reason
     subject_key: str
+    written_at: datetime  # when the mail in hand (that this one answers) was written
 
     def family(self) -> tuple[str, str, str, str]:
         """The base address, the bounds of its plus-addresses' range in sort order
@@ -151,6 +154,7 @@ class Cap:
 
 DAY = timedelta(days=1)
 BURST = timedelta(minutes=10)
+DATE_SLACK = timedelta(seconds=2)  # a Date header has whole seconds; clocks differ a little
 
 CAPS: tuple[Cap, ...] = (
     Cap(
@@ -183,8 +187,8 @@ CAPS: tuple[Cap, ...] = (
     Cap(
         "robot-pace",
         applies=lambda s: s.kind in ANSWER_KINDS,
-        counted="o.kind IN ('ack', 'drift-warning', 'split')",
-        params=lambda s: (),
+        counted="o.kind IN ('ack', 'drift-warning', 'split') AND o.sent_at <= {p}",
+        params=lambda s: (_stamp(s.written_at + DATE_SLACK),),
         window=BURST,
         limit=lambda limits: limits.answers_per_base_address,
         reason="{n} automatic answers to {base} and its plus-addresses in 10 min",

@@ -209,6 +209,18 @@ def test_a_robot_that_varies_address_and_subject_gets_at_most_three_mails(
         db.close()
 
 
+def test_a_backlog_of_one_customers_new_requests_is_acknowledged_in_full(
+    desk: Desk, db: pw.Database, imap_client: ImapTestClient, smtp_sink: SmtpSink
+) -> None:
+    """robot-pace counts answers to our mail; five requests written before any answer
+    went out (mail that waited while the daemon was down) are no robot."""
+    for n in range(5):
+        imap_client.append(make_mail(from_addr="viel@kunde.example", subject=f"Anliegen {n}"))
+    run_once(desk.config())
+    assert len(smtp_sink.to("viel@kunde.example")) == 5
+    assert not Outbox.select().where(Outbox.status == "held").exists()
+
+
 # -- each cap through the real pipeline -----------------------------------------------------
 
 

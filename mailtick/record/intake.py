@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 
 from mailtick.answers import Composer
 from mailtick.config import DriftConfig, LimitsConfig, RoutingRule, TicketsConfig
@@ -68,7 +68,7 @@ class Intake:
         desk = settings.desk
         identity = desk.identify(mail) if desk is not None else Identity(None, None)
         now = utcnow()
-        ledger = Ledger(now, settings.prefix, settings.limits)
+        ledger = Ledger(now, settings.prefix, settings.limits, written_at(mail, now))
         lookup = Lookup(mail, settings.prefix)
         return cls(raw, mail, disposition, settings, identity, ledger, lookup, now)
 
@@ -92,6 +92,14 @@ class Intake:
         identity = dataclasses.replace(self.identity, warning=warning)
         lookup = Lookup(mail, self.settings.prefix)
         return dataclasses.replace(self, mail=mail, identity=identity, lookup=lookup)
+
+
+def written_at(mail: ParsedMail, now: datetime) -> datetime:
+    """When the mail was written, as naive UTC: its Date, never later than now (a Date in
+    the future is a wrong clock), now without one."""
+    if mail.date is None or mail.date.tzinfo is None:
+        return now
+    return min(now, mail.date.astimezone(UTC).replace(tzinfo=None))
 
 
 @dataclass(frozen=True)

@@ -58,6 +58,7 @@ class Ledger:
     now: datetime
     prefix: str
     limits: LimitsConfig  # the send caps `queue` applies
+    written_at: datetime  # when the mail in hand was written (its Date, at most now)
 
     # -- tickets --------------------------------------------------------------------------
 
@@ -203,6 +204,7 @@ class Ledger:
             ticket_id=int(ticket.id),
             ticket_tag=f"{self.prefix}#{ticket.number}",
             subject_key=subject_key(out.subject, self.prefix),
+            written_at=self.written_at,
         )
         held = held_reason(sending, self.limits, self.now)
         row = insert_row(
