@@ -309,7 +309,7 @@ FRAGMENTS = [
             st.one_of(st.sampled_from(FRAGMENTS), st.text(max_size=8).map(lambda t: "#" + t))
         ).map("\n".join),
     ),
-    # agent names as config.py admits them: short, lower-case, no spaces or line breaks
+    # agent names as config/checks.py admits them: short, lower-case, no spaces or line breaks
     st.lists(st.from_regex(r"[a-z][a-z0-9._-]{0,7}", fullmatch=True), max_size=3),
 )
 def test_parse_commands_never_raises(text: str, agents: list[str]) -> None:
