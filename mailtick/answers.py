@@ -153,6 +153,22 @@ def usable_address(addr: str) -> bool:
 
 
 MAX_DISPLAY_NAME = 64  # characters of a display name we write; longer ones end in "…"
+MAX_ECHO = 60  # characters of a sender's subject an automatic answer repeats
+
+# A URL or a host name ("http://x.example/y", "www.x.example", "cheap-pills.example/buy").
+_LINK = re.compile(
+    r"(?i)\b(?:[a-z][a-z0-9+.-]*://\S+|(?:[a-z0-9](?:[a-z0-9-]*[a-z0-9])?\.)+[a-z]{2,24}\b\S*)"
+)
+
+
+def inert(text: str, limit: int = MAX_ECHO) -> str:
+    """What an automatic answer may repeat of a sender's words: no link a mail client
+    would make clickable ("cheap-pills.example" becomes "cheap-pills[.]example"), at most
+    `limit` characters. Forged senders make us mail strangers (backscatter); the mail
+    then carries no spammer's link and little of the spammer's text."""
+    defanged = _LINK.sub(lambda m: m[0].replace("://", "[:]//").replace(".", "[.]"), text)
+    clean = " ".join(_CONTROL.sub(" ", defanged).split())
+    return clean if len(clean) <= limit else clean[: limit - 1].rstrip() + "…"
 
 
 def address_header(addr: str, name: str) -> str | Header:

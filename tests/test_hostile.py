@@ -290,3 +290,24 @@ def test_active_and_disguised_attachments_reach_agents_and_customers_inert(
         "logo.svg.txt",
         "application/octet-stream",
     )
+
+
+# -- backscatter ----------------------------------------------------------------------------
+
+
+def test_an_acknowledgement_repeats_no_link_and_little_of_a_forged_senders_text(
+    imap_client: ImapTestClient, smtp_sink: SmtpSink, config: Config
+) -> None:
+    """A spammer forging a stranger's From makes us acknowledge to the stranger: the
+    acknowledgement must not carry the spammer's link or their long text."""
+    spam = "Gewinn! Jetzt klicken: http://cheap-pills.example/buy?id=1 oder www.spam.example " * 3
+    imap_client.append(
+        make_mail(from_addr='"Visit cheap-pills.example" <victim@kunde.example>', subject=spam)
+    )
+    run_once(config)
+    [ack] = smtp_sink.to("victim@kunde.example")
+    sent = ack.message.get_content() + str(ack.message["Subject"]) + str(ack.message["To"])
+    for link in ("http://", "cheap-pills.example", "www.spam.example"):
+        assert link not in sent
+    assert len(str(ack.message["Subject"])) <= len("[MT#10019] ") + 60
+    assert "cheap-pills[.]example" in str(ack.message["Subject"])  # still readable

@@ -9,12 +9,18 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from mailtick.answers import Reply, usable_address
+from mailtick.answers import Reply, inert, usable_address
 from mailtick.config import AgentConfig
 from mailtick.db import Message, Ticket
 from mailtick.ingest.quotes import split_reply
 from mailtick.record.intake import Intake
 from mailtick.views import age
+
+
+def automatic_answer(reply: Reply) -> Reply:
+    """An automatic answer repeats the sender's subject and name only inert (no links,
+    short): the sender may be forged (answers.inert)."""
+    return dataclasses.replace(reply, title=inert(reply.title), to_name=inert(reply.to_name))
 
 
 def reply_to_sender(ticket: Ticket, intake: Intake) -> Reply:
@@ -65,21 +71,23 @@ def acknowledge(ticket: Ticket, intake: Intake) -> bool:
     if not usable_address(intake.mail.from_addr):
         intake.ledger.event(ticket, "not-acknowledged", "unusable sender address")
         return False
-    out = intake.composer.acknowledgement(reply_to_sender(ticket, intake))
+    out = intake.composer.acknowledgement(automatic_answer(reply_to_sender(ticket, intake)))
     intake.ledger.queue(ticket, out, "ack")
     return True
 
 
 def drift_warning(ticket: Ticket, intake: Intake, about: Message) -> None:
     """Ask the customer whether their reply is a new topic (answer NEU / NEW to split it)."""
-    out = intake.composer.compose("drift_warning", reply_to_sender(ticket, intake))
+    reply = automatic_answer(reply_to_sender(ticket, intake))
+    out = intake.composer.compose("drift_warning", reply)
     intake.ledger.queue(ticket, out, "drift-warning", about=str(about.message_id))
 
 
 def split_notice(old: Ticket, new: Ticket, intake: Intake) -> None:
     """Both numbers to the customer, under the new ticket's tag."""
     composer = intake.composer
-    out = composer.compose("split", to_requester(new), old_tag=f"[{composer.prefix}#{old.number}]")
+    reply = automatic_answer(to_requester(new))
+    out = composer.compose("split", reply, old_tag=f"[{composer.prefix}#{old.number}]")
     intake.ledger.queue(new, out, "split")
 
 
