@@ -128,6 +128,10 @@ def test_three_instances_killed_at_random_lose_and_duplicate_nothing(
         killing = time.monotonic() - began
         wait_until(lambda: _drained(postgres_url, imap_client, smtp_sink), FINISH_SECONDS, 0.2)
         assert all(proc.poll() is None for proc in procs), "an instance exited on its own"
+        # systemd stops a service that has started; one restarted a moment ago may still be
+        # importing, before its SIGTERM handler exists (it would end with -15)
+        current = [_log(tmp_path, n, chaos.runs[n]) for n in range(INSTANCES)]
+        wait_until(lambda: all(b"mailtick started" in log.read_bytes() for log in current), 30)
         for proc in procs:
             proc.send_signal(signal.SIGTERM)
         codes = [proc.wait(timeout=30) for proc in procs]
